@@ -1,0 +1,3 @@
+from sldarts.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""Search configuration: one typed dataclass, filled from YAML and ``key=value`` overrides.
+
+Every value is checked here, once, so the rest of the code can trust it; each problem becomes a
+one-line :class:`SldartsError` that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sldarts.errors import SldartsError
+
+SPACES = ("nb201", "darts")
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "imagenet16-120", "imagenet")
+OPTIMS = ("single", "bilevel")
+ARCH_DATA = ("valid", "train")
+ARCH_OPTIMIZERS = ("adam", "sgd")
+PROGRESS = ("auto", "bar", "lines", "none")
+AMP = ("none", "bf16", "fp16")
+
+
+def _choice(*options: str) -> dict:
+    return {"choices": options}
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"range": (lo, hi, lo_open)}
+
+
+@dataclass
+class SearchConfig:
+    """All settings of one search; defaults follow the paper (Sec. 4.1, 4.2)."""
+
+    space: str = field(default="nb201", metadata=_choice(*SPACES))
+    dataset: str = field(default="digits", metadata=_choice(*DATASETS))
+    data_root: str = "data"
+    optim: str = field(default="single", metadata=_choice(*OPTIMS))
+    order: int = field(default=1, metadata=_range(1, 2))
+    arch_data: str = field(default="valid", metadata=_choice(*ARCH_DATA))
+    activation: str = field(default="sigmoid", metadata={"choices": ("softmax", "sigmoid")})
+    alpha_init: float | None = None
+    epochs: int = field(default=50, metadata=_range(1))
+    batch_size: int = field(default=64, metadata=_range(1))
+    lr: float = field(default=0.025, metadata=_range(0, lo_open=True))
+    lr_min: float = field(default=0.001, metadata=_range(0))
+    momentum: float = field(default=0.9, metadata=_range(0, 1))
+    weight_decay: float = field(default=3e-4, metadata=_range(0))
+    grad_clip: float = field(default=5.0, metadata=_range(0))
+    arch_optimizer: str = field(default="adam", metadata=_choice(*ARCH_OPTIMIZERS))
+    arch_lr: float = field(default=3e-4, metadata=_range(0, lo_open=True))
+    arch_beta1: float = field(default=0.5, metadata=_range(0, 1))
+    arch_beta2: float = field(default=0.999, metadata=_range(0, 1))
+    arch_momentum: float = field(default=0.9, metadata=_range(0, 1))
+    arch_weight_decay: float | None = None
+    unroll_r: float = field(default=0.01, metadata=_range(0, lo_open=True))
+    train_portion: float = field(default=0.5, metadata=_range(0, 1, lo_open=True))
+    data_fraction: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))
+    train_samples: int = field(default=0, metadata=_range(0))
+    eval_samples: int = field(default=0, metadata=_range(0))
+    augment: bool = True
+    channels: int = field(default=16, metadata=_range(1))
+    cells: int = field(default=0, metadata=_range(0))
+    bn_track_stats: bool = True
+    param_free_threshold: float = field(default=0.3, metadata=_range(0, 1))
+    seed: int = field(default=0, metadata=_range(0))
+    deterministic: bool = False
+    device: str = "auto"
+    amp: str = field(default="none", metadata=_choice(*AMP))
+    workers: int = field(default=4, metadata=_range(0))
+    threads: int = field(default=0, metadata=_range(0))
+    log_every: int = field(default=20, metadata=_range(1))
+    progress: str = field(default="auto", metadata=_choice(*PROGRESS))
+    out: str = ""
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- derived values ---------------------------------------------------------------------
+    @property
+    def num_cells(self) -> int:
+        """Cells per stage on NB201 (N=5) or total cells on DARTS (layers=8), unless set."""
+        if self.cells:
+            return self.cells
+        return 5 if self.space == "nb201" else 8
+
+    @property
+    def arch_wd(self) -> float:
+        """The paper: 1e-3 for softmax, 0 for sigmoid (no extra pull towards `none`)."""
+        if self.arch_weight_decay is not None:
+            return self.arch_weight_decay
+        return 1e-3 if self.activation == "softmax" else 0.0
+
+    @property
+    def run_name(self) -> str:
+        opt = self.optim if self.optim == "single" else f"bilevel{self.order}-{self.arch_data}"
+        return f"{self.space}-{self.dataset}-{opt}-{self.activation}-lr{self.lr:g}-s{self.seed}"
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _coerce(f.name, getattr(self, f.name), hints[f.name])
+            setattr(self, f.name, value)
+            meta = f.metadata
+            if "choices" in meta and value not in meta["choices"]:
+                raise SldartsError(
+                    f"config: {f.name}={value!r} is not one of {', '.join(meta['choices'])}"
+                    + _suggest(str(value), meta["choices"])
+                )
+            if "range" in meta and value is not None:
+                lo, hi, lo_open = meta["range"]
+                if lo is not None and (value < lo or (lo_open and value == lo)):
+                    raise SldartsError(
+                        f"config: {f.name}={value} is out of range: must be {'>' if lo_open else '>='} {lo}"
+                    )
+                if hi is not None and value > hi:
+                    raise SldartsError(f"config: {f.name}={value} is out of range: must be <= {hi}")
+        if self.optim == "single" and self.order != 1:
+            raise SldartsError("config: order=2 needs optim=bilevel (single-level has no unrolled step)")
+        if self.order == 2 and self.arch_data == "train":
+            raise SldartsError("config: order=2 with arch_data=train is not a setting of the paper; use order=1")
+
+    # -- construction -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> SearchConfig:
+        return load_config(None, changes, base=self.to_dict())
+
+
+def _suggest(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Turn a YAML/CLI value into the field's type, or say which type was expected."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise SldartsError(f"config: {name} must not be empty")
+    for kind in allowed:
+        if kind is type(None):
+            continue
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+        elif kind is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                try:
+                    return int(value)
+                except ValueError:
+                    pass
+        elif kind is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        elif kind is str:
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                return str(value)
+    expected = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise SldartsError(f"config: {name}={value!r} has the wrong type: expected {expected}")
+
+
+def parse_overrides(items: typing.Sequence[str]) -> dict[str, Any]:
+    """``["lr=0.005", "activation=sigmoid"]`` -> dict; values are read as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SldartsError(f"override {item!r} is not key=value (e.g. lr=0.005)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict, list)):
+            value = raw
+        out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SldartsError(f"config file {p} does not exist; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SldartsError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SldartsError(f"config file {p} must hold a mapping of key: value, not {type(data).__name__}")
+    return data
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+    schema: type = SearchConfig,
+) -> Any:
+    """Defaults < base < YAML file < overrides; unknown keys get a 'did you mean'."""
+    values: dict[str, Any] = dict(base or {})
+    if path is not None:
+        values.update(read_yaml(path))
+    values.update(overrides or {})
+    names = {f.name for f in dataclasses.fields(schema)}
+    for key in values:
+        if key not in names:
+            raise SldartsError(f"config: unknown key {key!r}{_suggest(key, names)}")
+    return schema(**values)

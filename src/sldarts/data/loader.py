@@ -1,0 +1,220 @@
+"""Batches for search: the whole uint8 set kept on the device and augmented there as tensor ops.
+
+Order and augmentation are pure functions of (seed, stream, epoch, batch index): no iterator state
+has to be saved for an exact resume, mid-epoch included, and ranks shard the same permutation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sldarts.data.readers import ArrayData, DatasetInfo
+
+
+def _seed(*parts: int) -> int:
+    """Mix integers into one 63-bit seed (splitmix64 style), stable across runs and machines."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h ^= (int(p) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFFFFFFFFFFFFFF
+        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def augment_batch(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:
+    """Random crop with zero padding and horizontal flip, per sample, without a Python loop."""
+    b, _, h, w = x.shape
+    if pad > 0:
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
+        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        bi = torch.arange(b, device=x.device)[:, None, None, None]
+        ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = xp[bi, ci, rows, cols]
+    if flip:
+        mask = torch.rand(b, generator=gen, device=x.device) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+class TensorLoader:
+    """Seeded, shardable, random-access batches from an in-memory uint8 set."""
+
+    def __init__(self, data: ArrayData, info: DatasetInfo, batch_size: int, device: torch.device | str,
+                 *, augment: bool, shuffle: bool, seed: int, stream: int, rank: int = 0, world: int = 1,
+                 channels_last: bool = False) -> None:
+        self.device = torch.device(device)
+        self.x = torch.from_numpy(np.ascontiguousarray(data.x)).to(self.device)
+        self.y = torch.from_numpy(np.ascontiguousarray(data.y)).to(self.device)
+        self.info = info
+        self.batch_size = batch_size
+        self.augment, self.shuffle = augment, shuffle
+        self.seed, self.stream = seed, stream
+        self.rank, self.world = rank, world
+        self.channels_last = channels_last
+        c = self.x.shape[1]
+        self.mean = torch.tensor(info.mean[:c], device=self.device).view(1, c, 1, 1) * 255.0
+        self.std = torch.tensor(info.std[:c], device=self.device).view(1, c, 1, 1) * 255.0
+        self._perm_epoch: int | None = None
+        self._perm: Tensor | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.y)
+
+    def __len__(self) -> int:
+        per_rank = self.num_samples // self.world
+        n = -(-per_rank // self.batch_size)
+        if per_rank % self.batch_size == 1 and n > 1:  # a last batch of 1 breaks BatchNorm: drop it
+            n -= 1
+        return max(n, 1)
+
+    def _order(self, epoch: int) -> Tensor:
+        if self._perm_epoch != epoch:
+            n = self.num_samples
+            if self.shuffle:
+                g = torch.Generator().manual_seed(_seed(self.seed, self.stream, epoch))
+                perm = torch.randperm(n, generator=g)
+            else:
+                perm = torch.arange(n)
+            per_rank = n // self.world
+            self._perm = perm[self.rank * per_rank:(self.rank + 1) * per_rank].to(self.device)
+            self._perm_epoch = epoch
+        assert self._perm is not None
+        return self._perm
+
+    def batch(self, epoch: int, k: int) -> tuple[Tensor, Tensor]:
+        """Batch ``k`` (taken modulo the epoch length) of ``epoch``: normalised float images, labels."""
+        idx = self._order(epoch)
+        k %= len(self)
+        sel = idx[k * self.batch_size:(k + 1) * self.batch_size]
+        x = self.x.index_select(0, sel)
+        if self.augment:
+            g = torch.Generator(device=self.device).manual_seed(_seed(self.seed, self.stream, epoch, k, 1))
+            x = augment_batch(x, self.info.pad, self.info.flip, g)
+        x = (x.float() - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.y.index_select(0, sel)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        for k in range(start, len(self)):
+            yield self.batch(epoch, k)
+
+
+class _FolderDataset(torch.utils.data.Dataset):
+    """Decode + augment one image; randomness seeded by (seed, stream, epoch, index) for exact resume."""
+
+    def __init__(self, files: list, labels: list[int], size: int, train: bool, seed: int, stream: int) -> None:
+        self.files, self.labels, self.size, self.train = files, labels, size, train
+        self.seed, self.stream = seed, stream
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int]:
+        from sldarts.data.readers import _decode_pil
+
+        epoch, i = key
+        rng = np.random.default_rng(_seed(self.seed, self.stream, epoch, i))
+        im = _decode_pil(self.files[i])
+        im = random_resized_crop(im, self.size, rng) if self.train else center_crop(im, self.size)
+        arr = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        if self.train and rng.random() < 0.5:
+            arr = arr[:, :, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(arr)), self.labels[i]
+
+
+def random_resized_crop(im, size: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """Inception-style crop (the ImageNet recipe), with numpy randomness so workers stay reproducible."""
+    from PIL import Image
+
+    w, h = im.size
+    area = w * h
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = float(np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]))))
+        cw, ch = int(round((target * aspect) ** 0.5)), int(round((target / aspect) ** 0.5))
+        if 0 < cw <= w and 0 < ch <= h:
+            x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            return im.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+    return center_crop(im, size)
+
+
+def center_crop(im, size: int):
+    """Resize the short side to size/0.875, then take the central size x size square."""
+    from PIL import Image
+
+    w, h = im.size
+    short = int(round(size / 0.875))
+    s = short / min(w, h)
+    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+    w, h = im.size
+    x0, y0 = (w - size) // 2, (h - size) // 2
+    return im.crop((x0, y0, x0 + size, y0 + size))
+
+
+class StreamLoader:
+    """ImageNet-sized folders: worker processes decode JPEGs; same (epoch, start) interface."""
+
+    def __init__(self, files: list, labels: list[int], info: DatasetInfo, batch_size: int,
+                 device: torch.device | str, *, train: bool, seed: int, stream: int, size: int = 224,
+                 workers: int = 4, rank: int = 0, world: int = 1, channels_last: bool = False) -> None:
+        self.ds = _FolderDataset(files, labels, size, train, seed, stream)
+        self.info, self.batch_size, self.device = info, batch_size, torch.device(device)
+        self.train, self.seed, self.stream = train, seed, stream
+        self.workers, self.rank, self.world = workers, rank, world
+        self.channels_last = channels_last
+        self.mean = torch.tensor(info.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(info.std, device=self.device).view(1, 3, 1, 1) * 255.0
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.ds)
+
+    def __len__(self) -> int:
+        return max(-(-(self.num_samples // self.world) // self.batch_size), 1)
+
+    def _batches(self, epoch: int, start: int) -> list[list[tuple[int, int]]]:
+        n = self.num_samples
+        perm = (torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, self.stream, epoch)))
+                if self.train else torch.arange(n))
+        per = n // self.world
+        mine = perm[self.rank * per:(self.rank + 1) * per].tolist()
+        out = [mine[k:k + self.batch_size] for k in range(0, len(mine), self.batch_size)]
+        return [[(epoch, i) for i in b] for b in out[start:]]
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        loader = torch.utils.data.DataLoader(
+            self.ds, batch_sampler=self._batches(epoch, start), num_workers=self.workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+        )
+        for x, y in loader:
+            x = x.to(self.device, non_blocking=True)
+            x = (x.float() - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+class Cycle:
+    """Endless batches for the α step, positioned by the global step so resume needs no saved state."""
+
+    def __init__(self, loader: TensorLoader | StreamLoader, start_step: int = 0) -> None:
+        self.loader = loader
+        self.epoch, self.k = divmod(start_step, len(loader))
+        self._it = loader.epoch(self.epoch, self.k)
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.epoch += 1
+            self._it = self.loader.epoch(self.epoch, 0)
+            return next(self._it)

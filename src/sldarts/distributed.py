@@ -1,0 +1,58 @@
+"""torchrun / DDP glue: who am I, which device, and rank-0-only I/O."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from sldarts.errors import SldartsError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str) -> tuple[Dist, torch.device]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1) and pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SldartsError(f"device={device} but no CUDA GPU is visible; use device=cpu")
+        dev = torch.device("cuda", local if world > 1 or device == "cuda" else torch.device(device).index)
+        torch.cuda.set_device(dev)
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise SldartsError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local), dev
+
+
+def all_sum(*values: torch.Tensor) -> list[torch.Tensor]:
+    """Sum tensors over ranks (no-op on one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flat = torch.stack([v.double() for v in values])
+        dist.all_reduce(flat)
+        return list(flat.unbind())
+    return list(values)
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,194 @@
+"""DARTS cell space: search network (CIFAR and ImageNet stems), genotypes and their derivation.
+
+A cell takes the two previous cells' outputs, has 4 intermediate nodes fed by every earlier node
+(14 edges) and outputs the concatenation of the 4 nodes. Normal and reduction cells have their own α.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sldarts.activations import Activation
+from sldarts.errors import SldartsError
+from sldarts.spaces.base import MixedOp, Supernet, param_free_share
+from sldarts.spaces.ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, bn
+
+OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+       "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+STEPS = 4
+EDGES = sum(2 + i for i in range(STEPS))  # 14
+CONCAT = [2, 3, 4, 5]
+
+Genotype = dict[str, Any]
+
+
+def reduction_layers(layers: int) -> tuple[int, int]:
+    return layers // 3, 2 * layers // 3
+
+
+def derive_cell(weights: Tensor) -> list[list]:
+    """DARTS rule: per node keep the 2 inputs whose strongest non-`none` op is largest, then that op."""
+    w = weights.detach().cpu()
+    none = OPS.index("none")
+    gene: list[list] = []
+    start = 0
+    for i in range(STEPS):
+        n = 2 + i
+        block = w[start:start + n].clone()
+        block[:, none] = -float("inf")
+        strength = block.max(dim=1).values
+        keep = sorted(range(n), key=lambda j: -float(strength[j]))[:2]
+        for j in keep:
+            gene.append([OPS[int(block[j].argmax())], j])
+        start += n
+    return gene
+
+
+def make_genotype(normal: list[list], reduce: list[list]) -> Genotype:
+    return {"normal": normal, "normal_concat": list(CONCAT), "reduce": reduce, "reduce_concat": list(CONCAT)}
+
+
+def check_genotype(g: Any, source: str = "genotype") -> Genotype:
+    """Validate a genotype dict read from JSON; raise one clear error otherwise."""
+    if not isinstance(g, dict):
+        raise SldartsError(f"{source}: a genotype is a JSON object with normal/reduce lists")
+    out: Genotype = {}
+    for cell in ("normal", "reduce"):
+        pairs = g.get(cell)
+        if not isinstance(pairs, list) or len(pairs) != 2 * STEPS:
+            raise SldartsError(f"{source}: '{cell}' must be a list of {2 * STEPS} [op, input] pairs")
+        clean = []
+        for k, pair in enumerate(pairs):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+                raise SldartsError(f"{source}: {cell}[{k}] must be [op, input], got {pair!r}")
+            op, src = pair
+            if op not in OPS or op == "none":
+                raise SldartsError(f"{source}: {cell}[{k}] has unknown op {op!r}; ops are {', '.join(OPS[1:])}")
+            node = k // 2
+            if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < node + 2:
+                raise SldartsError(f"{source}: {cell}[{k}] input {src!r} must be an int in 0..{node + 1}")
+            clean.append([op, src])
+        out[cell] = clean
+        concat = g.get(f"{cell}_concat", CONCAT)
+        if not isinstance(concat, list) or not concat or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < STEPS + 2 for c in concat
+        ):
+            raise SldartsError(f"{source}: '{cell}_concat' must be a list of node ids in 0..{STEPS + 1}")
+        out[f"{cell}_concat"] = list(concat)
+    return out
+
+
+def load_genotype(path: str | Path) -> Genotype:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise SldartsError(f"genotype file {p} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SldartsError(f"genotype file {p} is not valid JSON ({exc})") from None
+    return check_genotype(data, str(p))
+
+
+class SearchCell(nn.Module):
+    def __init__(self, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool, track: bool) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.pre0 = (FactorizedReduce(c_pp, c, False, track) if reduction_prev
+                     else ReLUConvBN(c_pp, c, 1, 1, 0, False, track))
+        self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0, False, track)
+        edges = []
+        for i in range(STEPS):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                ops = {}
+                for name in OPS:
+                    op = DARTS_OPS[name](c, stride, False, track)
+                    if "pool" in name:  # DARTS: pools get a non-affine BN in the supernet
+                        op = nn.Sequential(op, bn(c, False, track))
+                    ops[name] = op
+                edges.append(MixedOp(ops))
+        self.edges = nn.ModuleList(edges)
+
+    def forward(self, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
+        states = [self.pre0(s0), self.pre1(s1)]
+        e = 0
+        for _ in range(STEPS):
+            s = self.edges[e](states[0], weights[e])
+            for j in range(1, len(states)):
+                s = s + self.edges[e + j](states[j], weights[e + j])
+            e += len(states)
+            states.append(s)
+        return torch.cat(states[-STEPS:], dim=1)
+
+
+class DartsSupernet(Supernet):
+    """DARTS search network: C=16, 8 cells, reductions at 1/3 and 2/3.
+
+    ``imagenet=True`` follows the paper's direct ImageNet search: the input is downsampled three
+    times by stride-2 convolutions before the first cell (as in PC-DARTS's ImageNet search network).
+    """
+
+    op_names = OPS
+
+    def __init__(self, channels: int = 16, layers: int = 8, num_classes: int = 10, in_channels: int = 3,
+                 activation: Activation | None = None, alpha_init: float | None = None,
+                 track_running_stats: bool = True, imagenet: bool = False, stem_multiplier: int = 3) -> None:
+        super().__init__()
+        from sldarts.activations import Softmax
+
+        self.activation = activation or Softmax()
+        c = channels
+        if imagenet:
+            half = max(c // 2, 1)
+            self.stem0 = nn.Sequential(
+                nn.Conv2d(in_channels, half, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(half),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(half, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c),
+            )
+            self.stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
+                                       nn.BatchNorm2d(c))
+            c_pp, c_p, reduction_prev = c, c, True
+        else:
+            self.stem0 = nn.Sequential(nn.Conv2d(in_channels, stem_multiplier * c, 3, padding=1, bias=False),
+                                       nn.BatchNorm2d(stem_multiplier * c))
+            self.stem1 = None
+            c_pp, c_p, reduction_prev = stem_multiplier * c, stem_multiplier * c, False
+        c_cur = c
+        cells = []
+        reductions = reduction_layers(layers)
+        for i in range(layers):
+            reduction = i in reductions
+            if reduction:
+                c_cur *= 2
+            cells.append(SearchCell(c_pp, c_p, c_cur, reduction, reduction_prev, track_running_stats))
+            reduction_prev = reduction
+            c_pp, c_p = c_p, STEPS * c_cur
+        self.cells = nn.ModuleList(cells)
+        self.classifier = nn.Linear(c_p, num_classes)
+        self.arch = nn.ParameterDict({
+            "normal": nn.Parameter(torch.empty(EDGES, len(OPS))),
+            "reduce": nn.Parameter(torch.empty(EDGES, len(OPS))),
+        })
+        self.init_alphas(alpha_init)
+
+    def forward(self, x: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
+        w = weights or self.arch_weights()
+        s0 = self.stem0(x)
+        s1 = self.stem1(s0) if self.stem1 is not None else s0
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, w["reduce"] if cell.reduction else w["normal"])
+        out = nn.functional.adaptive_avg_pool2d(s1, 1)
+        return self.classifier(torch.flatten(out, 1))
+
+    def derive(self) -> Genotype:
+        with torch.no_grad():
+            w = self.arch_weights()
+            return make_genotype(derive_cell(w["normal"]), derive_cell(w["reduce"]))
+
+    def param_free_ratio(self, genotype: Genotype) -> float:
+        return param_free_share([op for cell in ("normal", "reduce") for op, _ in genotype[cell]])

@@ -1,0 +1,173 @@
+"""NAS-Bench-201 cell space: supernet for search, evaluation network, arch strings.
+
+Layout as the benchmark defines it: stem 3x3 conv + BN; three stages of N cells (C, 2C, 4C channels)
+joined by stride-2 ResNet basic blocks; BN + ReLU, global average pool, linear. A cell has 4 nodes and
+6 edges (1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2); its output is node 3.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor, nn
+
+from sldarts.activations import Activation
+from sldarts.errors import SldartsError
+from sldarts.spaces.base import MixedOp, Supernet, param_free_share
+from sldarts.spaces.ops import NB201_OPS, ResNetBasicBlock
+
+OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), in arch-string order
+NODES = 4
+
+_NODE_RE = re.compile(r"^\|(?:[a-z0-9_]+~\d+\|)+$")
+
+
+def parse_arch(text: str) -> list[str]:
+    """``|a~0|+|b~0|c~1|+|d~0|e~1|f~2|`` -> [a, b, c, d, e, f] (edge order of :data:`EDGES`)."""
+    if not isinstance(text, str):
+        raise SldartsError(f"arch string must be text, got {type(text).__name__}")
+    nodes = text.strip().split("+")
+    if len(nodes) != NODES - 1:
+        raise SldartsError(
+            f"malformed NB201 arch string {text!r}: expected 3 nodes joined by '+', "
+            "e.g. |nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+        )
+    ops: list[str] = []
+    for j, node in enumerate(nodes, start=1):
+        if not _NODE_RE.match(node):
+            raise SldartsError(f"malformed NB201 arch string {text!r}: node {j} part {node!r} is not |op~i|...")
+        items = node.strip("|").split("|")
+        if len(items) != j:
+            raise SldartsError(f"malformed NB201 arch string {text!r}: node {j} needs {j} inputs, has {len(items)}")
+        for i, item in enumerate(items):
+            op, _, src = item.partition("~")
+            if op not in OPS:
+                raise SldartsError(f"unknown NB201 op {op!r} in arch string; ops are {', '.join(OPS)}")
+            if int(src) != i:
+                raise SldartsError(f"malformed NB201 arch string {text!r}: node {j} input {i} is written ~{src}")
+            ops.append(op)
+    return ops
+
+
+def format_arch(ops: list[str]) -> str:
+    if len(ops) != len(EDGES):
+        raise SldartsError(f"an NB201 cell has {len(EDGES)} edges, got {len(ops)} ops")
+    parts, e = [], 0
+    for j in range(1, NODES):
+        parts.append("|" + "|".join(f"{ops[e + i]}~{i}" for i in range(j)) + "|")
+        e += j
+    return "+".join(parts)
+
+
+def derive_arch(weights: Tensor) -> str:
+    """One op per edge by argmax of the activated weights (``none`` included, as NB201 does)."""
+    idx = weights.detach().argmax(dim=-1).tolist()
+    return format_arch([OPS[k] for k in idx])
+
+
+class SearchCell(nn.Module):
+    """Supernet cell: every edge a :class:`MixedOp` over the 5 ops (non-affine BN, conv with bias)."""
+
+    def __init__(self, c: int, track: bool) -> None:
+        super().__init__()
+        self.edges = nn.ModuleList(
+            MixedOp({name: NB201_OPS[name](c, 1, False, track) for name in OPS}) for _ in EDGES
+        )
+
+    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+        nodes = [x]
+        e = 0
+        for j in range(1, NODES):
+            s = self.edges[e](nodes[0], weights[e])
+            for i in range(1, j):
+                s = s + self.edges[e + i](nodes[i], weights[e + i])
+            nodes.append(s)
+            e += j
+        return nodes[-1]
+
+
+class InferCell(nn.Module):
+    """Evaluation cell: one fixed op per edge, affine BN with running statistics, convs without bias."""
+
+    def __init__(self, ops: list[str], c: int) -> None:
+        super().__init__()
+        self.edges = nn.ModuleList(NB201_OPS[name](c, 1, True, True) for name in ops)
+
+    def forward(self, x: Tensor) -> Tensor:
+        nodes = [x]
+        e = 0
+        for j in range(1, NODES):
+            nodes.append(sum(self.edges[e + i](nodes[i]) for i in range(j)))
+            e += j
+        return nodes[-1]
+
+
+def _macro(c: int, n: int, in_channels: int, make_cell) -> tuple[nn.Module, nn.ModuleList, int]:
+    stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+    layers: list[nn.Module] = []
+    c_prev = c
+    for stage, c_cur in enumerate((c, 2 * c, 4 * c)):
+        if stage > 0:
+            layers.append(ResNetBasicBlock(c_prev, c_cur, 2))
+        layers.extend(make_cell(c_cur) for _ in range(n))
+        c_prev = c_cur
+    return stem, nn.ModuleList(layers), c_prev
+
+
+class NB201Supernet(Supernet):
+    """The weight-sharing network; one α of shape (6, 5) shared by all cells."""
+
+    op_names = OPS
+
+    def __init__(self, channels: int = 16, cells: int = 5, num_classes: int = 10, in_channels: int = 3,
+                 activation: Activation | None = None, alpha_init: float | None = None,
+                 track_running_stats: bool = True) -> None:
+        super().__init__()
+        from sldarts.activations import Sigmoid
+
+        self.activation = activation or Sigmoid()
+        self.stem, self.layers, c_last = _macro(
+            channels, cells, in_channels, lambda c: SearchCell(c, track_running_stats)
+        )
+        self.lastact = nn.Sequential(nn.BatchNorm2d(c_last), nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(c_last, num_classes)
+        self.arch = nn.ParameterDict({"cell": nn.Parameter(torch.empty(len(EDGES), len(OPS)))})
+        self.init_alphas(alpha_init)
+
+    def forward(self, x: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
+        """``weights`` (activated α) can be passed in, e.g. to take dL/dp directly."""
+        w = (weights or self.arch_weights())["cell"]
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x, w) if isinstance(layer, SearchCell) else layer(x)
+        x = self.lastact(x)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    def derive(self) -> str:
+        with torch.no_grad():
+            return derive_arch(self.arch_weights()["cell"])
+
+    def param_free_ratio(self, arch: str) -> float:
+        return param_free_share(parse_arch(arch))
+
+
+class NB201Network(nn.Module):
+    """The benchmark's evaluation network for one arch string."""
+
+    def __init__(self, arch: str, channels: int = 16, cells: int = 5, num_classes: int = 10,
+                 in_channels: int = 3) -> None:
+        super().__init__()
+        ops = parse_arch(arch)
+        self.arch = arch
+        self.stem, self.layers, c_last = _macro(channels, cells, in_channels, lambda c: InferCell(ops, c))
+        self.lastact = nn.Sequential(nn.BatchNorm2d(c_last), nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(c_last, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x)
+        x = self.lastact(x)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))

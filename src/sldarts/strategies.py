@@ -1,0 +1,211 @@
+"""Optimisation strategies: how one training step updates w and α.
+
+A strategy sees only ``model.weights()``, ``model.alphas()``, the two optimisers, a loss and batches;
+it knows nothing of a space's internals. ``net`` is the model as called (possibly DDP-wrapped).
+
+- :class:`SingleLevel` (the paper): one batch, one forward, one backward, then both optimisers step.
+- :class:`FirstOrder` (DARTS 1st order): α step on an α-batch, then a w step on the training batch.
+- :class:`SecondOrder` (DARTS 2nd order): α step with the unrolled hypergradient, where the
+  Hessian-vector product is the finite difference of DARTS, then the w step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from sldarts.spaces.base import Supernet
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor  # detached scalar, on the device (no host sync)
+    correct: Tensor  # detached count of correct top-1 predictions
+    count: int
+
+
+class Strategy:
+    name = "base"
+
+    def __init__(self, model: Supernet, net: nn.Module, w_opt: torch.optim.Optimizer,
+                 a_opt: torch.optim.Optimizer, *, grad_clip: float = 5.0,
+                 autocast: Callable[[], AbstractContextManager] = nullcontext) -> None:
+        self.model, self.net = model, net
+        self.w_opt, self.a_opt = w_opt, a_opt
+        self.grad_clip = grad_clip
+        self.autocast = autocast
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def loss(self, x: Tensor, y: Tensor, net: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+        with self.autocast():
+            logits = (net or self.net)(x)
+        return self.loss_fn(logits.float(), y), logits
+
+    def _w_step(self) -> None:
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.weights(), self.grad_clip)
+        self.w_opt.step()
+
+    @staticmethod
+    def _out(loss: Tensor, logits: Tensor, y: Tensor) -> StepOutput:
+        return StepOutput(loss.detach(), (logits.detach().argmax(1) == y).sum(), len(y))
+
+    def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
+        raise NotImplementedError
+
+
+class SingleLevel(Strategy):
+    """w and α updated together from the same mini-batch in one backward pass (paper, eq. 3)."""
+
+    name = "single"
+
+    def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
+        self.w_opt.zero_grad(set_to_none=True)
+        self.a_opt.zero_grad(set_to_none=True)
+        loss, logits = self.loss(x, y)
+        loss.backward()
+        self._w_step()
+        self.a_opt.step()
+        return self._out(loss, logits, y)
+
+
+def _all_reduce_mean(grads: list[Tensor]) -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+class FirstOrder(Strategy):
+    """Bi-level, first order: α from its own batch (held-out split, or another training batch)."""
+
+    name = "bilevel1"
+
+    def arch_grads(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        # Only α's gradient is needed: autograd.grad skips every weight-gradient kernel.
+        loss, _ = self.loss(x, y, net=self.model)
+        grads = list(torch.autograd.grad(loss, self.model.alphas()))
+        _all_reduce_mean(grads)
+        return grads
+
+    def _arch_step(self, grads: list[Tensor]) -> None:
+        for a, g in zip(self.model.alphas(), grads, strict=True):
+            a.grad = g
+        self.a_opt.step()
+
+    def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
+        assert arch_batch is not None, "bi-level needs an α batch"
+        xa, ya = arch_batch()
+        self._arch_step(self.arch_grads(xa, ya))
+        self.w_opt.zero_grad(set_to_none=True)
+        loss, logits = self.loss(x, y)
+        loss.backward()
+        self._w_step()
+        self.a_opt.zero_grad(set_to_none=True)  # the w-step's α gradient is not used
+        return self._out(loss, logits, y)
+
+
+class SecondOrder(FirstOrder):
+    """DARTS 2nd order: ∇α L_val(w', α) − η ∇²_{α,w} L_train(w, α) ∇w' L_val(w', α),
+    w' = w − η(μ·m + ∇w L_train + λw) the one-step unrolled weights."""
+
+    name = "bilevel2"
+
+    def __init__(self, *args, unroll_r: float = 0.01, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.r = unroll_r
+
+    def _unrolled(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        group = self.w_opt.param_groups[0]
+        eta, mom, wd = group["lr"], group.get("momentum", 0.0), group.get("weight_decay", 0.0)
+        weights = self.model.weights()
+        loss, _ = self.loss(x, y, net=self.model)
+        grads = torch.autograd.grad(loss, weights)
+        out = []
+        with torch.no_grad():
+            for p, g in zip(weights, grads, strict=True):
+                buf = self.w_opt.state.get(p, {}).get("momentum_buffer")
+                d = g + wd * p
+                if buf is not None:
+                    d = d + mom * buf
+                out.append(p - eta * d)
+        return out
+
+    def hypergradient(self, xt: Tensor, yt: Tensor, xv: Tensor, yv: Tensor) -> list[Tensor]:
+        eta = self.w_opt.param_groups[0]["lr"]
+        names = [n for n, _ in self.model.named_weights()]
+        unrolled = [w.requires_grad_() for w in self._unrolled(xt, yt)]
+        # Evaluate L_val at w' without touching the real buffers (BN statistics).
+        state = {n: b.clone() for n, b in self.model.named_buffers()}
+        state.update(dict(zip(names, unrolled, strict=True)))
+        state.update({f"arch.{k}": a for k, a in self.model.arch.items()})
+        with self.autocast():
+            logits = functional_call(self.model, state, (xv,))
+        loss_v = self.loss_fn(logits.float(), yv)
+        alphas = self.model.alphas()
+        g = torch.autograd.grad(loss_v, alphas + unrolled)
+        d_alpha, v = list(g[:len(alphas)]), list(g[len(alphas):])
+        return [da - eta * h for da, h in zip(d_alpha, self._hvp(v, xt, yt), strict=True)]
+
+    def _hvp(self, v: list[Tensor], x: Tensor, y: Tensor) -> list[Tensor]:
+        """∇²_{α,w} L_train · v by central differences of ∇α L_train at w ± R·v (DARTS, R = r/‖v‖)."""
+        weights = self.model.weights()
+        R = self.r / torch.cat([t.reshape(-1) for t in v]).norm().clamp_min(1e-12)
+
+        def shift(scale: float) -> None:
+            with torch.no_grad():
+                for p, t in zip(weights, v, strict=True):
+                    p.add_(t, alpha=float(scale * R))
+
+        shift(1.0)
+        gp = torch.autograd.grad(self.loss(x, y, net=self.model)[0], self.model.alphas())
+        shift(-2.0)
+        gn = torch.autograd.grad(self.loss(x, y, net=self.model)[0], self.model.alphas())
+        shift(1.0)
+        return [(a - b) / (2 * R) for a, b in zip(gp, gn, strict=True)]
+
+    def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
+        assert arch_batch is not None, "bi-level needs an α batch"
+        xa, ya = arch_batch()
+        grads = self.hypergradient(x, y, xa, ya)
+        _all_reduce_mean(grads)
+        self._arch_step(grads)
+        self.w_opt.zero_grad(set_to_none=True)
+        loss, logits = self.loss(x, y)
+        loss.backward()
+        self._w_step()
+        self.a_opt.zero_grad(set_to_none=True)
+        return self._out(loss, logits, y)
+
+
+def make_optimizers(model: Supernet, cfg) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Weight SGD (never sees α) and the α optimiser (Adam or SGD), as the paper sets them."""
+    w_opt = torch.optim.SGD(model.weights(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.arch_optimizer == "adam":
+        a_opt: torch.optim.Optimizer = torch.optim.Adam(
+            model.alphas(), lr=cfg.arch_lr, betas=(cfg.arch_beta1, cfg.arch_beta2), weight_decay=cfg.arch_wd)
+    else:
+        a_opt = torch.optim.SGD(model.alphas(), lr=cfg.arch_lr, momentum=cfg.arch_momentum,
+                                weight_decay=cfg.arch_wd)
+    return w_opt, a_opt
+
+
+def make_strategy(cfg, model: Supernet, net: nn.Module, w_opt, a_opt, autocast=nullcontext) -> Strategy:
+    kw = dict(grad_clip=cfg.grad_clip, autocast=autocast)
+    if cfg.optim == "single":
+        return SingleLevel(model, net, w_opt, a_opt, **kw)
+    if cfg.order == 1:
+        return FirstOrder(model, net, w_opt, a_opt, **kw)
+    return SecondOrder(model, net, w_opt, a_opt, unroll_r=cfg.unroll_r, **kw)
