@@ -23,7 +23,7 @@ import yaml
 from sldarts import checkpoint as ckpt
 from sldarts.config import SearchConfig, load_config
 from sldarts.data import Cycle, SearchData, build_search_data
-from sldarts.distributed import Dist, all_sum, barrier, setup
+from sldarts.distributed import all_sum, barrier, setup
 from sldarts.errors import SldartsError
 from sldarts.progress import Progress
 from sldarts.spaces import Supernet, build_supernet
@@ -125,7 +125,7 @@ class SearchRun:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.w_opt, self.a_opt = make_optimizers(self.model, cfg)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=cfg.lr_min)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=min(cfg.lr_min, cfg.lr))
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         autocast = partial(torch.autocast, self.device.type, dtype=amp) if amp is not None else nullcontext
         self.strategy = make_strategy(cfg, self.model, self.net, self.w_opt, self.a_opt, autocast)

@@ -11,9 +11,22 @@ import torch
 from sldarts.config import SearchConfig
 from sldarts.data.loader import Cycle, StreamLoader, TensorLoader
 from sldarts.data.readers import (
-    C100_MEAN, C100_STD, CIFAR_MEAN, CIFAR_STD, IN16_MEAN, IN16_STD, IN_MEAN, IN_STD,
-    ArrayData, DatasetInfo, list_image_folder, read_cifar10, read_cifar100, read_digits,
-    read_image_folder, read_imagenet16,
+    C100_MEAN,
+    C100_STD,
+    CIFAR_MEAN,
+    CIFAR_STD,
+    IN16_MEAN,
+    IN16_STD,
+    IN_MEAN,
+    IN_STD,
+    ArrayData,
+    DatasetInfo,
+    list_image_folder,
+    read_cifar10,
+    read_cifar100,
+    read_digits,
+    read_image_folder,
+    read_imagenet16,
 )
 from sldarts.errors import SldartsError
 
