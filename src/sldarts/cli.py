@@ -37,6 +37,19 @@ def _derive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from sldarts.bench import dump, run_bench, table
+
+    spaces = [args.space] if args.space else ["nb201", "darts"]
+    modes = args.modes.split(",")
+    res = run_bench(spaces, modes, args.batch_size, args.device, args.repeats, args.image, args.channels,
+                    progress=lambda s: print(s, file=sys.stderr))
+    if args.out:
+        dump(res, args.out)
+    print(table(res))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sldarts", description="Single-level differentiable architecture search (and DARTS).")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -47,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("derive", help="print the derived architecture of a run directory")
     d.add_argument("run_dir")
     d.set_defaults(func=_derive)
+    b = sub.add_parser("bench", help="time and measure supernet steps, reference vs optimised")
+    b.add_argument("--space", choices=["nb201", "darts"])
+    b.add_argument("--modes", default="single,bilevel1,bilevel2")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--image", type=int, default=32, help="input side in pixels")
+    b.add_argument("--channels", type=int, default=16)
+    b.add_argument("--out", help="write the JSON result here")
+    b.set_defaults(func=_bench)
     return p
 
 

@@ -69,6 +69,7 @@ class SearchConfig:
     channels: int = field(default=16, metadata=_range(1))
     cells: int = field(default=0, metadata=_range(0))
     bn_track_stats: bool = True
+    impl: str = field(default="fused", metadata=_choice("fused", "reference"))
     param_free_threshold: float = field(default=0.3, metadata=_range(0, 1))
     seed: int = field(default=0, metadata=_range(0))
     deterministic: bool = False

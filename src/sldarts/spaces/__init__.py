@@ -13,7 +13,7 @@ def build_supernet(cfg: SearchConfig, num_classes: int, in_channels: int) -> Sup
         from sldarts.spaces.nb201 import NB201Supernet
 
         return NB201Supernet(cfg.channels, cfg.num_cells, num_classes, in_channels, act, cfg.alpha_init,
-                             cfg.bn_track_stats)
+                             cfg.bn_track_stats, impl=cfg.impl)
     from sldarts.spaces.darts import DartsSupernet
 
     return DartsSupernet(cfg.channels, cfg.num_cells, num_classes, in_channels, act, cfg.alpha_init,

@@ -1,0 +1,128 @@
+"""Step-time and memory benchmark of the supernets, reference vs optimised, in one process.
+
+Times are medians of repeated steps after warm-up. Peak memory: on CUDA ``max_memory_allocated``;
+on CPU (where PyTorch keeps no allocator statistics) the bytes of distinct tensor storages saved for
+backward, plus parameters, gradients and optimiser state — the part of a step's memory that an
+implementation controls.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from sldarts.config import SearchConfig
+from sldarts.spaces import build_supernet
+from sldarts.strategies import make_optimizers, make_strategy
+
+MODES = {"single": dict(optim="single"), "bilevel1": dict(optim="bilevel", order=1),
+         "bilevel2": dict(optim="bilevel", order=2)}
+IMPLS = {"nb201": ("reference", "fused"), "darts": ("reference",)}
+
+
+@contextmanager
+def saved_tensor_bytes():
+    """Count distinct storages autograd saves for backward (the activation memory of a step)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        try:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    box = {"bytes": 0}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield box
+    box["bytes"] = sum(seen.values())
+
+
+def _state_bytes(model: torch.nn.Module, opts) -> int:
+    n = sum(p.numel() * p.element_size() * 2 for p in model.parameters())  # params + grads
+    for opt in opts:
+        for st in opt.state.values():
+            n += sum(v.numel() * v.element_size() for v in st.values() if torch.is_tensor(v))
+    return n
+
+
+def bench_row(space: str, mode: str, impl: str, batch_size: int, device: torch.device, repeats: int,
+              image: int = 32, channels: int = 16, cells: int = 0) -> dict[str, Any]:
+    cfg = SearchConfig(space=space, impl=impl if space == "nb201" else "fused", batch_size=batch_size,
+                       channels=channels, cells=cells, **MODES[mode])
+    torch.manual_seed(0)
+    model = build_supernet(cfg, 10, 3).to(device)
+    w_opt, a_opt = make_optimizers(model, cfg)
+    strat = make_strategy(cfg, model, model, w_opt, a_opt)
+    x = torch.randn(batch_size, 3, image, image, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    xa, ya = torch.randn_like(x), y.flip(0)
+
+    def step():
+        strat.step(x, y, lambda: (xa, ya))
+
+    step()  # warm-up (allocations, algorithm choice)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with saved_tensor_bytes() as box:
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = box["bytes"] + _state_bytes(model, (w_opt, a_opt))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {"space": space, "mode": mode, "impl": "reference" if impl == "reference" else "optimized",
+            "median_s": statistics.median(times), "peak_mem_mb": peak / 2**20}
+
+
+def run_bench(spaces=("nb201", "darts"), modes=("single", "bilevel1", "bilevel2"), batch_size: int = 64,
+              device: str = "cpu", repeats: int = 3, image: int = 32, channels: int = 16,
+              cells: int = 0, progress=print) -> dict[str, Any]:
+    dev = torch.device(device)
+    rows = []
+    for space in spaces:
+        for mode in modes:
+            for impl in IMPLS[space]:
+                row = bench_row(space, mode, impl, batch_size, dev, repeats, image, channels, cells)
+                rows.append(row)
+                progress(f"{space:6s} {mode:9s} {row['impl']:10s} {row['median_s']:8.3f} s "
+                         f"{row['peak_mem_mb']:9.1f} MB")
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(dev),
+               "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+               "batch_size": batch_size, "image": image, "channels": channels}
+    return {"machine": machine, "rows": rows}
+
+
+def table(result: dict[str, Any]) -> str:
+    """Markdown table with each optimised row's ratio against the reference of the same space and mode."""
+    ref = {(r["space"], r["mode"]): r for r in result["rows"] if r["impl"] == "reference"}
+    lines = ["| space | mode | impl | median s/step | peak MB | time vs reference | memory vs reference |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["rows"]:
+        base = ref.get((r["space"], r["mode"]))
+        tr = f"{r['median_s'] / base['median_s']:.2f}x" if base else "-"
+        mr = f"{r['peak_mem_mb'] / base['peak_mem_mb']:.2f}x" if base else "-"
+        lines.append(f"| {r['space']} | {r['mode']} | {r['impl']} | {r['median_s']:.3f} | "
+                     f"{r['peak_mem_mb']:.0f} | {tr} | {mr} |")
+    return "\n".join(lines)
+
+
+def dump(result: dict[str, Any], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
