@@ -47,7 +47,7 @@ def test_every_combination_runs_and_writes_its_files(tiny, space, cells, optim, 
 @pytest.mark.parametrize("optim", OPTIMS, ids=["single", "bilevel1", "bilevel2", "bilevel-train"])
 def test_graceful_stops_and_resumes_match_an_uninterrupted_run(tmp_path, tiny, optim):
     from sldarts.errors import SldartsError
-    from sldarts.run import SearchRun
+    from sldarts.search_run import SearchRun
 
     base = dict(tiny, epochs=2, cells=1, train_samples=128, deterministic=True, **optim)
     full = search(SearchConfig(**dict(base, out=str(tmp_path / "full"))))

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 
 def search(config: SearchConfig | None = None, **overrides):
-    """Run a search and return its result dict (see :func:`sldarts.run.search`)."""
-    from sldarts.run import search as _search
+    """Run a search and return its result dict (see :func:`sldarts.search_run.search`)."""
+    from sldarts.search_run import search as _search
 
     return _search(config, **overrides)

@@ -20,7 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _search(args: argparse.Namespace) -> int:
     from sldarts.config import load_config, parse_overrides
-    from sldarts.run import search
+    from sldarts.search_run import search
 
     cfg = load_config(args.config, parse_overrides(args.overrides))
     result = search(cfg)
@@ -29,7 +29,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _derive(args: argparse.Namespace) -> int:
-    from sldarts.run import derive
+    from sldarts.search_run import derive
 
     d = derive(args.run_dir)
     arch = d.get("arch", d.get("genotype"))

@@ -35,8 +35,38 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
     return {"range": (lo, hi, lo_open)}
 
 
+class ConfigBase:
+    """Typed, validated settings: coercion, choices and ranges come from the dataclass fields."""
+
+    def validate(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = _coerce(f.name, getattr(self, f.name), hints[f.name])
+            setattr(self, f.name, value)
+            meta = f.metadata
+            if "choices" in meta and value not in meta["choices"]:
+                raise SldartsError(
+                    f"config: {f.name}={value!r} is not one of {', '.join(meta['choices'])}"
+                    + _suggest(str(value), meta["choices"])
+                )
+            if "range" in meta and value is not None:
+                lo, hi, lo_open = meta["range"]
+                if lo is not None and (value < lo or (lo_open and value == lo)):
+                    raise SldartsError(
+                        f"config: {f.name}={value} is out of range: must be {'>' if lo_open else '>='} {lo}"
+                    )
+                if hi is not None and value > hi:
+                    raise SldartsError(f"config: {f.name}={value} is out of range: must be <= {hi}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def replace(self, **changes: Any):
+        return load_config(None, changes, base=self.to_dict(), schema=type(self))
+
+
 @dataclass
-class SearchConfig:
+class SearchConfig(ConfigBase):
     """All settings of one search; defaults follow the paper (Sec. 4.1, 4.2)."""
 
     space: str = field(default="nb201", metadata=_choice(*SPACES))
@@ -108,37 +138,12 @@ class SearchConfig:
         opt = self.optim if self.optim == "single" else f"bilevel{self.order}-{self.arch_data}"
         return f"{self.space}-{self.dataset}-{opt}-{self.activation}-lr{self.lr:g}-s{self.seed}"
 
-    # -- validation -------------------------------------------------------------------------
     def validate(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = _coerce(f.name, getattr(self, f.name), hints[f.name])
-            setattr(self, f.name, value)
-            meta = f.metadata
-            if "choices" in meta and value not in meta["choices"]:
-                raise SldartsError(
-                    f"config: {f.name}={value!r} is not one of {', '.join(meta['choices'])}"
-                    + _suggest(str(value), meta["choices"])
-                )
-            if "range" in meta and value is not None:
-                lo, hi, lo_open = meta["range"]
-                if lo is not None and (value < lo or (lo_open and value == lo)):
-                    raise SldartsError(
-                        f"config: {f.name}={value} is out of range: must be {'>' if lo_open else '>='} {lo}"
-                    )
-                if hi is not None and value > hi:
-                    raise SldartsError(f"config: {f.name}={value} is out of range: must be <= {hi}")
+        super().validate()
         if self.optim == "single" and self.order != 1:
             raise SldartsError("config: order=2 needs optim=bilevel (single-level has no unrolled step)")
         if self.order == 2 and self.arch_data == "train":
             raise SldartsError("config: order=2 with arch_data=train is not a setting of the paper; use order=1")
-
-    # -- construction -----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> SearchConfig:
-        return load_config(None, changes, base=self.to_dict())
 
 
 def _suggest(word: str, options: typing.Iterable[str]) -> str:

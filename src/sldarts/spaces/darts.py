@@ -192,3 +192,120 @@ class DartsSupernet(Supernet):
 
     def param_free_ratio(self, genotype: Genotype) -> float:
         return param_free_share([op for cell in ("normal", "reduce") for op, _ in genotype[cell]])
+
+
+# -- evaluation networks (retraining a derived cell) ---------------------------------------------
+
+def drop_path(x: Tensor, drop_prob: float) -> Tensor:
+    """Zero whole samples of a branch with probability p and rescale the rest (DARTS)."""
+    if drop_prob <= 0.0:
+        return x
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x / keep * mask
+
+
+class EvalCell(nn.Module):
+    """A fixed cell: two ops per node as the genotype says, affine BN, drop path in training."""
+
+    def __init__(self, genotype: Genotype, c_pp: int, c_p: int, c: int, reduction: bool,
+                 reduction_prev: bool) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.pre0 = FactorizedReduce(c_pp, c, True) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0, True)
+        self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0, True)
+        pairs = genotype["reduce" if reduction else "normal"]
+        self.concat = genotype["reduce_concat" if reduction else "normal_concat"]
+        self.indices = [src for _, src in pairs]
+        self.ops = nn.ModuleList(
+            DARTS_OPS[op](c, 2 if reduction and src < 2 else 1, True, True) for op, src in pairs)
+        self.multiplier = len(self.concat)
+
+    def forward(self, s0: Tensor, s1: Tensor, drop_prob: float = 0.0) -> Tensor:
+        states = [self.pre0(s0), self.pre1(s1)]
+        for i in range(len(self.ops) // 2):
+            hs = []
+            for k in (2 * i, 2 * i + 1):
+                h = self.ops[k](states[self.indices[k]])
+                if self.training and drop_prob > 0 and not isinstance(self.ops[k], nn.Identity):
+                    h = drop_path(h, drop_prob)
+                hs.append(h)
+            states.append(hs[0] + hs[1])
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
+class AuxiliaryHead(nn.Module):
+    """DARTS auxiliary classifier: CIFAR for 8x8 inputs (pool stride 3), ImageNet for 14x14 (stride 2;
+    DARTS omits the BN after the 2x2 conv there, and so do we, to keep its published counts)."""
+
+    def __init__(self, c: int, num_classes: int, imagenet: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(5, stride=2 if imagenet else 3, padding=0, count_include_pad=False),
+            nn.Conv2d(c, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+        ]
+        if not imagenet:
+            layers.append(nn.BatchNorm2d(768))
+        layers.append(nn.ReLU(inplace=True))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class DartsNetwork(nn.Module):
+    """DARTS evaluation network. CIFAR: stem conv to 3C, C=36, 20 layers. ImageNet (mobile setting):
+    three stride-2 stem convs, C=48, 14 layers, 7x7 average pool. Auxiliary head after the 2/3 cell.
+
+    ``forward`` returns ``(logits, aux_logits)``; aux_logits is None outside training or without head.
+    """
+
+    def __init__(self, genotype: Genotype, channels: int = 36, layers: int = 20, num_classes: int = 10,
+                 auxiliary: bool = True, imagenet: bool = False, in_channels: int = 3) -> None:
+        super().__init__()
+        c = channels
+        self.imagenet = imagenet
+        self.drop_path_prob = 0.0
+        if imagenet:
+            self.stem0 = nn.Sequential(
+                nn.Conv2d(in_channels, c // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c // 2),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c // 2, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
+            self.stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
+                                       nn.BatchNorm2d(c))
+            c_pp, c_p, reduction_prev = c, c, True
+        else:
+            self.stem0 = nn.Sequential(nn.Conv2d(in_channels, 3 * c, 3, padding=1, bias=False), nn.BatchNorm2d(3 * c))
+            self.stem1 = None
+            c_pp, c_p, reduction_prev = 3 * c, 3 * c, False
+        reductions = reduction_layers(layers)
+        self.aux_at = 2 * layers // 3
+        c_cur, c_aux = c, c_p
+        cells = []
+        for i in range(layers):
+            reduction = i in reductions
+            if reduction:
+                c_cur *= 2
+            cell = EvalCell(genotype, c_pp, c_p, c_cur, reduction, reduction_prev)
+            cells.append(cell)
+            reduction_prev = reduction
+            c_pp, c_p = c_p, cell.multiplier * c_cur
+            if i == self.aux_at:
+                c_aux = c_p
+        self.cells = nn.ModuleList(cells)
+        self.aux_head = AuxiliaryHead(c_aux, num_classes, imagenet) if auxiliary else None
+        self.classifier = nn.Linear(c_p, num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        s0 = self.stem0(x)
+        s1 = self.stem1(s0) if self.stem1 is not None else s0
+        aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self.aux_at and self.aux_head is not None and self.training:
+                aux = self.aux_head(s1)
+        out = nn.functional.adaptive_avg_pool2d(s1, 1)
+        return self.classifier(torch.flatten(out, 1)), aux

@@ -1,0 +1,1 @@
+"""Evaluating what a search found: evaluation networks, complexity, retraining recipes."""

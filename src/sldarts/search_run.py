@@ -1,0 +1,154 @@
+"""A search run: supernet + strategy in the shared epoch loop; derivation and result at the end."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from sldarts.config import SearchConfig, load_config
+from sldarts.data import Cycle, SearchData, build_search_data
+from sldarts.distributed import all_sum
+from sldarts.errors import SldartsError
+from sldarts.run import EpochRun, read_metrics
+from sldarts.spaces import Supernet, build_supernet
+from sldarts.strategies import make_optimizers, make_strategy
+
+
+def arch_key(space: str) -> str:
+    return "arch" if space == "nb201" else "genotype"
+
+
+def autocast_for(amp: str, device: torch.device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return partial(torch.autocast, device.type, dtype=dtype) if dtype is not None else nullcontext
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, loader, topk: tuple[int, ...] = (1,)) -> list[float]:
+    """Top-k accuracies over a loader's epoch 0, summed over ranks; handles (logits, aux) outputs."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    hits = [torch.zeros((), device=device, dtype=torch.float64) for _ in topk]
+    count = torch.zeros((), device=device, dtype=torch.float64)
+    for x, y in loader.epoch(0):
+        out = model(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        top = logits.topk(min(max(topk), logits.shape[1]), dim=1).indices
+        for i, k in enumerate(topk):
+            hits[i] += (top[:, :k] == y[:, None]).any(1).sum()
+        count += len(y)
+    model.train(was)
+    *hits, count = all_sum(*hits, count)
+    return [float(h / count.clamp_min(1)) for h in hits]
+
+
+class SearchRun(EpochRun):
+    kind = "search"
+
+    def default_dir(self) -> Path:
+        return Path("runs") / self.cfg.run_name
+
+    def build(self) -> None:
+        cfg = self.cfg
+        self.data: SearchData = build_search_data(cfg, self.device, self.dist.rank, self.dist.world)
+        self.train_loader = self.data.train
+        self.model: Supernet = build_supernet(cfg, self.data.info.num_classes, self.data.info.in_channels)
+        self.model.to(self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.net: torch.nn.Module = self.model
+        if self.dist.world > 1:
+            if cfg.optim == "bilevel" and cfg.order == 2:
+                raise SldartsError("second-order bi-level search is not supported under torchrun: its "
+                                   "finite-difference step perturbs weights per rank; use order=1 or one process")
+            # α is a parameter of the wrapped model: its gradient is averaged in the same all-reduce as w.
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.w_opt, self.a_opt = make_optimizers(self.model, cfg)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=min(cfg.lr_min, cfg.lr))
+        self.strategy = make_strategy(cfg, self.model, self.net, self.w_opt, self.a_opt,
+                                      autocast_for(cfg.amp, self.device))
+        self._arch_batch = None
+
+    def stateful(self) -> dict[str, Any]:
+        return {"model": self.model, "w_opt": self.w_opt, "a_opt": self.a_opt, "sched": self.sched}
+
+    def describe(self) -> str:
+        cfg = self.cfg
+        return (f"search {cfg.space} on {cfg.dataset} ({self.data.train.num_samples} images for w"
+                + (f", {self.data.arch.num_samples} for α" if self.data.arch is not None else "")
+                + f"), optim={cfg.optim}{'' if cfg.optim == 'single' else f' order={cfg.order}'} "
+                f"activation={cfg.activation} lr={cfg.lr:g}, {cfg.epochs} epochs x {len(self.data.train)} steps "
+                f"on {self.device}" + (f" x {self.dist.world} processes" if self.dist.world > 1 else ""))
+
+    def begin_epoch(self, global_step: int) -> None:
+        # α batches are positioned by the global step, so a resumed run draws the same ones.
+        self._arch_batch = Cycle(self.data.arch, global_step).__next__ if self.data.arch is not None else None
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor):
+        return self.strategy.step(x, y, self._arch_batch)
+
+    def params_finite(self) -> bool:
+        return all(bool(torch.isfinite(a).all()) for a in self.model.alphas())
+
+    def measure(self) -> dict[str, Any]:
+        arch = self.model.derive()
+        return {"valid_acc": accuracy(self.model, self.data.eval)[0], **self.model.alpha_state(),
+                arch_key(self.cfg.space): arch, "param_free_ratio": self.model.param_free_ratio(arch)}
+
+    def summary_line(self, row: dict[str, Any]) -> str:
+        key = arch_key(self.cfg.space)
+        return (f"valid {row['valid_acc']:.2%} param-free {row['param_free_ratio']:.2f} "
+                f"{key} {json.dumps(row[key])}")
+
+    def result(self, seconds: float, last: dict[str, Any] | None) -> dict[str, Any]:
+        cfg = self.cfg
+        arch = self.model.derive()
+        ratio = self.model.param_free_ratio(arch)
+        out: dict[str, Any] = {"space": cfg.space, arch_key(cfg.space): arch, "param_free_ratio": ratio,
+                               "valid_acc": last["valid_acc"] if last else None, "epochs": cfg.epochs,
+                               "seconds": round(seconds, 1)}
+        if ratio > cfg.param_free_threshold:
+            out["warning"] = (
+                f"parameter-free ratio {ratio:.2f} exceeds {cfg.param_free_threshold}: the search may have "
+                f"collapsed; the paper advises a lower weight learning rate (lr={cfg.lr:g} now, try "
+                f"lr={cfg.lr / 5:g})")
+        return out
+
+    def artifacts(self, result: dict[str, Any]) -> dict[str, str]:
+        if self.cfg.space == "darts":
+            return {"genotype.json": json.dumps(result["genotype"], indent=1) + "\n"}
+        return {}
+
+
+def search(config: SearchConfig | None = None, **overrides: Any) -> dict[str, Any]:
+    """Python API: ``sldarts.search(space="nb201", epochs=1)`` runs a search and returns its result."""
+    cfg = config or SearchConfig()
+    if overrides:
+        cfg = load_config(None, overrides, base=cfg.to_dict())
+    return SearchRun(cfg).run()
+
+
+def derive(run_dir: str | Path) -> dict[str, Any]:
+    """The derived architecture of a run: from result.json when finished, else the last metrics line."""
+    run = Path(run_dir)
+    if (run / "result.json").exists():
+        res = json.loads((run / "result.json").read_text())
+        key = arch_key(res["space"])
+        return {"space": res["space"], key: res[key], "param_free_ratio": res["param_free_ratio"],
+                "finished": True}
+    rows = read_metrics(run / "metrics.jsonl")
+    if not rows:
+        raise SldartsError(f"{run} is not a search run directory (no result.json or metrics.jsonl)")
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    space = cfg.get("space", "nb201" if "arch" in rows[-1] else "darts")
+    key = arch_key(space)
+    return {"space": space, key: rows[-1][key], "param_free_ratio": rows[-1]["param_free_ratio"],
+            "epoch": rows[-1]["epoch"], "finished": False}
