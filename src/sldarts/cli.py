@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,6 +38,68 @@ def _derive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrain(args: argparse.Namespace) -> int:
+    from sldarts.config import load_retrain_config, parse_overrides
+    from sldarts.evaluate.retrain import retrain
+
+    runs = [a for a in args.items if "=" not in a]
+    overrides = parse_overrides([a for a in args.items if "=" in a])
+    if len(runs) > 1:
+        raise SldartsError(f"retrain takes one run directory, got {' '.join(runs)}")
+    for key in ("genotype", "arch", "recipe"):
+        if getattr(args, key):
+            overrides[key] = getattr(args, key)
+    if runs:
+        overrides["source_run"] = runs[0]
+    result = retrain(load_retrain_config(args.config, overrides))
+    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
+    return 0
+
+
+def _complexity(args: argparse.Namespace) -> int:
+    from sldarts.evaluate.complexity import complexity
+
+    if args.space == "darts":
+        from sldarts.spaces.genotypes import resolve_genotype
+
+        if not args.genotype:
+            raise SldartsError("complexity --space darts needs --genotype NAME_OR_FILE")
+        arch = resolve_genotype(args.genotype)
+    else:
+        from sldarts.spaces.nb201 import parse_arch
+
+        if not args.arch:
+            raise SldartsError("complexity --space nb201 needs --arch STRING")
+        parse_arch(args.arch)
+        arch = args.arch
+    print(json.dumps(complexity(args.space, arch, args.dataset, args.channels, args.layers)))
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from sldarts.plot import plot_cells
+
+    if args.run_dir:
+        from sldarts.search_run import derive
+
+        d = derive(args.run_dir)
+        space, arch = d["space"], d.get("arch", d.get("genotype"))
+    elif args.genotype:
+        from sldarts.spaces.genotypes import resolve_genotype
+
+        space, arch = "darts", resolve_genotype(args.genotype)
+    elif args.arch:
+        from sldarts.spaces.nb201 import parse_arch
+
+        parse_arch(args.arch)
+        space, arch = "nb201", args.arch
+    else:
+        raise SldartsError("plot needs a run directory, --genotype NAME_OR_FILE or --arch STRING")
+    for path in plot_cells(space, arch, args.out):
+        print(path)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from sldarts.bench import dump, run_bench, table
 
@@ -60,6 +123,27 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("derive", help="print the derived architecture of a run directory")
     d.add_argument("run_dir")
     d.set_defaults(func=_derive)
+    r = sub.add_parser("retrain", help="retrain a derived cell with a recipe (darts-cifar, pdarts-imagenet, nb201)")
+    r.add_argument("--genotype", help="a built-in DARTS cell name (e.g. DARTS_V2) or a genotype JSON file")
+    r.add_argument("--arch", help="an NB201 arch string")
+    r.add_argument("--recipe", help="darts-cifar (default), pdarts-imagenet or nb201")
+    r.add_argument("--config", help="YAML file of settings")
+    r.add_argument("items", nargs="*", metavar="[RUN_DIR] key=value", help="a search run directory and overrides")
+    r.set_defaults(func=_retrain)
+    c = sub.add_parser("complexity", help="parameters and multiply-adds of an evaluation network")
+    c.add_argument("--space", choices=["darts", "nb201"], default="darts")
+    c.add_argument("--genotype")
+    c.add_argument("--arch")
+    c.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100", "imagenet", "imagenet16-120"])
+    c.add_argument("--channels", type=int, help="C (default 36 CIFAR / 48 ImageNet / 16 NB201)")
+    c.add_argument("--layers", type=int, help="cells (default 20 CIFAR / 14 ImageNet / 5 per stage NB201)")
+    c.set_defaults(func=_complexity)
+    pl = sub.add_parser("plot", help="draw the cells of a run, a genotype or an arch string (DOT + PNG/PDF)")
+    pl.add_argument("run_dir", nargs="?")
+    pl.add_argument("--genotype")
+    pl.add_argument("--arch")
+    pl.add_argument("--out", required=True, help="path prefix: writes PREFIX_<cell>.dot/.png/.pdf")
+    pl.set_defaults(func=_plot)
     b = sub.add_parser("bench", help="time and measure supernet steps, reference vs optimised")
     b.add_argument("--space", choices=["nb201", "darts"])
     b.add_argument("--modes", default="single,bilevel1,bilevel2")
@@ -83,3 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sldarts: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: still one line, the traceback on request
+        if os.environ.get("SLDARTS_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"sldarts: internal error: {type(exc).__name__}: {msg} (run with SLDARTS_DEBUG=1 for the "
+              "traceback and report it)", file=sys.stderr)
+        return 1

@@ -242,3 +242,79 @@ def load_config(
         if key not in names:
             raise SldartsError(f"config: unknown key {key!r}{_suggest(key, names)}")
     return schema(**values)
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # DARTS's CIFAR evaluation (Liu et al.): 600 epochs, cutout, drop path, auxiliary head.
+    "darts-cifar": dict(dataset="cifar10", epochs=600, batch_size=96, lr=0.025, lr_schedule="cosine",
+                        momentum=0.9, nesterov=False, weight_decay=3e-4, cutout=16, drop_path=0.2,
+                        auxiliary_weight=0.4, grad_clip=5.0, label_smoothing=0.0, channels=36, cells=20),
+    # P-DARTS's ImageNet evaluation, as the paper follows it (Sec. 4.2.2).
+    "pdarts-imagenet": dict(dataset="imagenet", epochs=250, batch_size=768, lr=0.375, lr_schedule="linear",
+                            warmup_epochs=5, momentum=0.9, nesterov=False, weight_decay=3e-5, label_smoothing=0.1,
+                            auxiliary_weight=0.4, drop_path=0.0, cutout=0, grad_clip=5.0, color_jitter=0.4,
+                            channels=48, cells=14),
+    # NAS-Bench-201's training of every cell.
+    "nb201": dict(dataset="cifar10", epochs=200, batch_size=256, lr=0.1, lr_schedule="cosine", momentum=0.9,
+                  nesterov=True, weight_decay=5e-4, cutout=0, drop_path=0.0, auxiliary_weight=0.0,
+                  grad_clip=0.0, label_smoothing=0.0, channels=16, cells=5),
+}
+
+
+@dataclass
+class RetrainConfig(ConfigBase):
+    """Retraining a derived cell from scratch; ``recipe`` sets the defaults, every key overridable."""
+
+    recipe: str = field(default="darts-cifar", metadata=_choice(*RECIPES))
+    source_run: str = ""  # a search run directory
+    genotype: str = ""  # a built-in DARTS cell name or a genotype JSON file
+    arch: str = ""  # an NB201 arch string
+    dataset: str = field(default="cifar10", metadata=_choice(*DATASETS))
+    data_root: str = "data"
+    epochs: int = field(default=600, metadata=_range(1))
+    batch_size: int = field(default=96, metadata=_range(1))
+    lr: float = field(default=0.025, metadata=_range(0, lo_open=True))
+    lr_schedule: str = field(default="cosine", metadata=_choice("cosine", "linear"))
+    warmup_epochs: int = field(default=0, metadata=_range(0))
+    momentum: float = field(default=0.9, metadata=_range(0, 1))
+    nesterov: bool = False
+    weight_decay: float = field(default=3e-4, metadata=_range(0))
+    label_smoothing: float = field(default=0.0, metadata=_range(0, 1))
+    auxiliary_weight: float = field(default=0.4, metadata=_range(0))
+    drop_path: float = field(default=0.2, metadata=_range(0, 1))
+    cutout: int = field(default=16, metadata=_range(0))
+    color_jitter: float = field(default=0.0, metadata=_range(0, 1))
+    image_size: int = field(default=224, metadata=_range(8))  # ImageNet crops
+    grad_clip: float = field(default=5.0, metadata=_range(0))
+    channels: int = field(default=36, metadata=_range(1))
+    cells: int = field(default=20, metadata=_range(1))
+    train_samples: int = field(default=0, metadata=_range(0))
+    eval_samples: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=_range(0))
+    deterministic: bool = False
+    device: str = "auto"
+    amp: str = field(default="none", metadata=_choice(*AMP))
+    workers: int = field(default=4, metadata=_range(0))
+    threads: int = field(default=0, metadata=_range(0))
+    log_every: int = field(default=20, metadata=_range(1))
+    progress: str = field(default="auto", metadata=_choice(*PROGRESS))
+    out: str = ""
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+        if sum(bool(v) for v in (self.source_run, self.genotype, self.arch)) != 1:
+            raise SldartsError("retrain needs exactly one of a run directory, --genotype NAME_OR_FILE "
+                               "or --arch STRING")
+
+
+def load_retrain_config(path: str | Path | None, overrides: dict[str, Any]) -> RetrainConfig:
+    """Defaults < recipe < YAML file < overrides; the recipe may be named in the file or the overrides."""
+    file_values = read_yaml(path) if path is not None else {}
+    recipe = overrides.get("recipe", file_values.get("recipe", "darts-cifar"))
+    if recipe not in RECIPES:
+        raise SldartsError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}{_suggest(str(recipe), RECIPES)}")
+    base = dict(RECIPES[recipe], recipe=recipe)
+    base.update(file_values)
+    return load_config(None, overrides, base=base, schema=RetrainConfig)

@@ -56,3 +56,10 @@ def all_sum(*values: torch.Tensor) -> list[torch.Tensor]:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BN statistics), so evaluation and checkpoints agree."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for b in module.buffers():
+            dist.broadcast(b, 0)

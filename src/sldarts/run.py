@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from sldarts import checkpoint as ckpt
-from sldarts.distributed import all_sum, barrier, setup
+from sldarts.distributed import all_sum, barrier, broadcast_buffers, setup
 from sldarts.errors import SldartsError
 from sldarts.progress import Progress
 
@@ -112,6 +112,7 @@ class EpochRun:
         self.step_in_epoch = 0  # steps completed within the current epoch (graceful stop)
         self.partial = self._zero()
         self._stop_signal: int | None = None
+        self._agreed_stop = False  # the ranks' common decision (torchrun)
         self.resuming = resuming and (self.out / "checkpoint.pt").exists()
         if self.resuming:
             self._load()
@@ -152,6 +153,9 @@ class EpochRun:
     def artifacts(self, result: dict[str, Any]) -> dict[str, str]:
         """Extra text files to write next to result.json (name -> content)."""
         return {}
+
+    def on_finish(self, result: dict[str, Any]) -> None:
+        """Rank 0, after result.json: optional extras (figures) whose failure must not fail the run."""
 
     # -- checkpointing ----------------------------------------------------------------------
     @staticmethod
@@ -206,6 +210,20 @@ class EpochRun:
                 pass
         return old
 
+    def _stop_requested(self, k: int, steps: int) -> bool:
+        """Whether to stop after step k. Under torchrun all ranks must stop at the same step, so they
+        agree (an all-reduce of the flag) at the progress points only, keeping the step itself sync-free."""
+        if self.dist.world == 1:
+            return self._stop_signal is not None
+        if not (self.progress.wants(k) or k == steps):
+            return False
+        flag = torch.tensor([0.0 if self._stop_signal is None else 1.0], device=self.device)
+        (flag,) = all_sum(flag)
+        self._agreed_stop = bool(flag.item() > 0)
+        if self._agreed_stop and self._stop_signal is None:
+            self._stop_signal = signal.SIGTERM
+        return self._agreed_stop
+
     def check_finite(self, loss_sum: torch.Tensor | float, where: str) -> None:
         if not math.isfinite(float(loss_sum)) or not self.params_finite():
             raise SldartsError(
@@ -234,7 +252,7 @@ class EpochRun:
             if self.progress.wants(k):
                 self.check_finite(loss_sum, f"epoch {e + 1} step {k}")
                 self.progress.update(k, float(loss_sum) / count, float(correct) / count)
-            if self._stop_signal is not None and k < steps:
+            if self._stop_requested(k, steps) and k < steps:
                 self.partial = {"loss": float(loss_sum), "correct": float(correct), "count": count,
                                 "seconds": time.time() - t0}
                 self.check_finite(loss_sum, f"epoch {e + 1} step {k}")
@@ -242,6 +260,7 @@ class EpochRun:
                 raise Stop(f"stopped by signal {self._stop_signal} at epoch {e + 1} step {k}/{steps}")
         self.progress.end_epoch()
         seconds = time.time() - t0
+        broadcast_buffers(self.model)
         loss_sum, correct, cnt = all_sum(loss_sum, correct, torch.tensor(float(count), device=self.device))
         self.check_finite(loss_sum, f"the end of epoch {e + 1}")
         return float(loss_sum / cnt), float(correct / cnt), seconds
@@ -276,7 +295,8 @@ class EpochRun:
                 self._save()
                 self.progress.message(f"epoch {self.epoch}/{cfg.epochs} loss {loss:.4f} train {acc:.2%} "
                                       f"{self.summary_line(row)} {seconds:.1f}s")
-                if self._stop_signal is not None and self.epoch < cfg.epochs:
+                stop = self._agreed_stop if self.dist.world > 1 else self._stop_signal is not None
+                if stop and self.epoch < cfg.epochs:
                     raise Stop(f"stopped by signal {self._stop_signal} after epoch {self.epoch}")
         except Stop as stop:
             self.progress.end_epoch()
@@ -293,4 +313,5 @@ class EpochRun:
             for name, text in self.artifacts(result).items():
                 ckpt.atomic_write_text(self.out / name, text)
             ckpt.atomic_write_text(self.out / "result.json", json.dumps(result, indent=1) + "\n")
+            self.on_finish(result)
         return result

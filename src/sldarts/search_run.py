@@ -128,6 +128,15 @@ class SearchRun(EpochRun):
         return {}
 
 
+    def on_finish(self, result: dict[str, Any]) -> None:
+        from sldarts.plot import plot_cells
+
+        try:
+            plot_cells(self.cfg.space, result[arch_key(self.cfg.space)], self.out / "cell", formats=("png",))
+        except (SldartsError, OSError) as exc:
+            self.progress.message(f"cell diagram not drawn: {exc}")
+
+
 def search(config: SearchConfig | None = None, **overrides: Any) -> dict[str, Any]:
     """Python API: ``sldarts.search(space="nb201", epochs=1)`` runs a search and returns its result."""
     cfg = config or SearchConfig()

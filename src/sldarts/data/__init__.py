@@ -125,3 +125,37 @@ def _imagenet(cfg: SearchConfig, bs: int, common: dict) -> SearchData:
     if cfg.optim == "bilevel":
         arch = mk(pick(a_idx if a_idx is not None else w_idx), True, ARCH)
     return SearchData(info, mk(pick(w_idx), True, TRAIN), arch, mk((vfiles, vlabels), False, EVAL))
+
+
+def build_train_data(cfg, device: torch.device, rank: int = 0, world: int = 1) -> SearchData:
+    """Retraining data: the whole training split (``train_samples`` caps it) and the test split.
+
+    ``cfg`` needs dataset, data_root, batch_size, seed, train_samples, eval_samples, cutout, workers,
+    color_jitter. Returned as a SearchData without α batches.
+    """
+    bs = cfg.batch_size // world if world > 1 else cfg.batch_size
+    if bs < 1:
+        raise SldartsError(f"batch_size={cfg.batch_size} is smaller than the {world} processes; raise it")
+    common = dict(device=device, seed=cfg.seed, rank=rank, world=world, channels_last=device.type == "cuda")
+    if cfg.dataset == "imagenet":
+        root = Path(cfg.data_root)
+        files, labels, classes = list_image_folder(root / "train")
+        val_dir = root / "val" if (root / "val").is_dir() else root / "test"
+        vfiles, vlabels, _ = list_image_folder(val_dir)
+        order = _fixed_order(len(files))[:cfg.train_samples or None]
+        vorder = _fixed_order(len(vfiles))[:cfg.eval_samples or None]
+        info = DatasetInfo("imagenet", len(classes), 3, IN_MEAN, IN_STD, pad=0, flip=True)
+        train = StreamLoader([files[i] for i in order], [labels[i] for i in order], info, bs, train=True,
+                             stream=TRAIN, workers=cfg.workers, jitter=cfg.color_jitter, size=cfg.image_size,
+                             **common)
+        ev = StreamLoader([vfiles[i] for i in vorder], [vlabels[i] for i in vorder], info, bs, train=False,
+                          stream=EVAL, workers=cfg.workers, size=cfg.image_size, **common)
+        return SearchData(info, train, None, ev)
+    tr, te, info = load_arrays(cfg.dataset, cfg.data_root)
+    if cfg.train_samples:
+        tr = _subset(tr, _fixed_order(len(tr.y))[:cfg.train_samples])
+    if cfg.eval_samples:
+        te = _subset(te, _fixed_order(len(te.y))[:cfg.eval_samples])
+    train = TensorLoader(tr, info, bs, augment=True, shuffle=True, stream=TRAIN, cutout=cfg.cutout, **common)
+    return SearchData(info, train, None, TensorLoader(te, info, bs, augment=False, shuffle=False, stream=EVAL,
+                                                      **common))

@@ -25,6 +25,18 @@ def _seed(*parts: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
+def cutout_batch(x: Tensor, length: int, gen: torch.Generator) -> Tensor:
+    """Zero one length x length square per image, centred uniformly at random and clipped (DeVries & Taylor)."""
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b, 1, 1), generator=gen, device=x.device)
+    cx = torch.randint(0, w, (b, 1, 1), generator=gen, device=x.device)
+    ys = torch.arange(h, device=x.device)[None, :, None]
+    xs = torch.arange(w, device=x.device)[None, None, :]
+    half = length // 2
+    inside = (ys >= cy - half) & (ys < cy - half + length) & (xs >= cx - half) & (xs < cx - half + length)
+    return x * (~inside)[:, None].to(x.dtype)
+
+
 def augment_batch(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:
     """Random crop with zero padding and horizontal flip, per sample, without a Python loop."""
     b, _, h, w = x.shape
@@ -48,8 +60,9 @@ class TensorLoader:
 
     def __init__(self, data: ArrayData, info: DatasetInfo, batch_size: int, device: torch.device | str,
                  *, augment: bool, shuffle: bool, seed: int, stream: int, rank: int = 0, world: int = 1,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, cutout: int = 0) -> None:
         self.device = torch.device(device)
+        self.cutout = cutout
         self.x = torch.from_numpy(np.ascontiguousarray(data.x)).to(self.device)
         self.y = torch.from_numpy(np.ascontiguousarray(data.y)).to(self.device)
         self.info = info
@@ -95,10 +108,13 @@ class TensorLoader:
         k %= len(self)
         sel = idx[k * self.batch_size:(k + 1) * self.batch_size]
         x = self.x.index_select(0, sel)
+        g = None
         if self.augment:
             g = torch.Generator(device=self.device).manual_seed(_seed(self.seed, self.stream, epoch, k, 1))
             x = augment_batch(x, self.info.pad, self.info.flip, g)
         x = (x.float() - self.mean) / self.std
+        if self.cutout and g is not None:  # after normalisation, as in DARTS: the square becomes 0
+            x = cutout_batch(x, self.cutout, g)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.y.index_select(0, sel)
@@ -111,9 +127,10 @@ class TensorLoader:
 class _FolderDataset(torch.utils.data.Dataset):
     """Decode + augment one image; randomness seeded by (seed, stream, epoch, index) for exact resume."""
 
-    def __init__(self, files: list, labels: list[int], size: int, train: bool, seed: int, stream: int) -> None:
+    def __init__(self, files: list, labels: list[int], size: int, train: bool, seed: int, stream: int,
+                 jitter: float = 0.0) -> None:
         self.files, self.labels, self.size, self.train = files, labels, size, train
-        self.seed, self.stream = seed, stream
+        self.seed, self.stream, self.jitter = seed, stream, jitter
 
     def __len__(self) -> int:
         return len(self.files)
@@ -125,6 +142,8 @@ class _FolderDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(_seed(self.seed, self.stream, epoch, i))
         im = _decode_pil(self.files[i])
         im = random_resized_crop(im, self.size, rng) if self.train else center_crop(im, self.size)
+        if self.train and self.jitter > 0:
+            im = color_jitter(im, self.jitter, rng)
         arr = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
         if self.train and rng.random() < 0.5:
             arr = arr[:, :, ::-1]
@@ -147,6 +166,24 @@ def random_resized_crop(im, size: int, rng: np.random.Generator, scale=(0.08, 1.
     return center_crop(im, size)
 
 
+def color_jitter(im, strength: float, rng: np.random.Generator):
+    """Brightness, contrast and saturation factors drawn from [1-s, 1+s], in random order, and a hue
+    shift of up to s/2 of the circle (P-DARTS: ColorJitter(0.4, 0.4, 0.4, 0.2))."""
+    from PIL import ImageEnhance
+
+    for k in rng.permutation(3):
+        enhancer = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)[int(k)]
+        im = enhancer(im).enhance(float(rng.uniform(1 - strength, 1 + strength)))
+    shift = int(round(rng.uniform(-strength / 2, strength / 2) * 255))
+    if shift:
+        h, s, v = im.convert("HSV").split()
+        h = h.point(lambda p: (p + shift) % 256)
+        from PIL import Image
+
+        im = Image.merge("HSV", (h, s, v)).convert("RGB")
+    return im
+
+
 def center_crop(im, size: int):
     """Resize the short side to size/0.875, then take the central size x size square."""
     from PIL import Image
@@ -165,8 +202,9 @@ class StreamLoader:
 
     def __init__(self, files: list, labels: list[int], info: DatasetInfo, batch_size: int,
                  device: torch.device | str, *, train: bool, seed: int, stream: int, size: int = 224,
-                 workers: int = 4, rank: int = 0, world: int = 1, channels_last: bool = False) -> None:
-        self.ds = _FolderDataset(files, labels, size, train, seed, stream)
+                 workers: int = 4, rank: int = 0, world: int = 1, channels_last: bool = False,
+                 jitter: float = 0.0) -> None:
+        self.ds = _FolderDataset(files, labels, size, train, seed, stream, jitter)
         self.info, self.batch_size, self.device = info, batch_size, torch.device(device)
         self.train, self.seed, self.stream = train, seed, stream
         self.workers, self.rank, self.world = workers, rank, world

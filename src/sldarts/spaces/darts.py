@@ -253,6 +253,10 @@ class AuxiliaryHead(nn.Module):
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        need = 5 + self.features[1].stride  # the 5x5 pool must leave 2x2 for the 2x2 conv
+        if min(x.shape[-2:]) < need:
+            raise SldartsError(f"the auxiliary head needs at least {need}x{need} features at the 2/3 cell, got "
+                               f"{x.shape[-2]}x{x.shape[-1]}: use larger images or auxiliary_weight=0")
         return self.classifier(torch.flatten(self.features(x), 1))
 
 

@@ -1,0 +1,147 @@
+"""Retraining a derived cell from scratch with a published recipe, in the shared epoch loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sldarts.config import RetrainConfig
+from sldarts.data import build_train_data
+from sldarts.evaluate.complexity import count_macs, count_params
+from sldarts.run import EpochRun
+from sldarts.search_run import accuracy, autocast_for, derive
+from sldarts.strategies import StepOutput
+
+
+def resolve_architecture(cfg: RetrainConfig) -> tuple[str, Any]:
+    """(space, arch string or genotype) from a run directory, a genotype name/file or an arch string."""
+    if cfg.source_run:
+        d = derive(cfg.source_run)
+        return d["space"], d.get("arch", d.get("genotype"))
+    if cfg.genotype:
+        from sldarts.spaces.genotypes import resolve_genotype
+
+        return "darts", resolve_genotype(cfg.genotype)
+    from sldarts.spaces.nb201 import format_arch, parse_arch
+
+    return "nb201", format_arch(parse_arch(cfg.arch))
+
+
+def lr_lambda(epochs: int, warmup: int, schedule: str):
+    """Per-epoch factor of the base lr: linear warm-up, then cosine or linear decay to zero."""
+    import math
+
+    def f(e: int) -> float:
+        if e < warmup:
+            return (e + 1) / warmup
+        t = (e - warmup) / max(epochs - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
+
+    return f
+
+
+class RetrainRun(EpochRun):
+    kind = "retrain"
+
+    def default_dir(self) -> Path:
+        return Path("runs") / f"retrain-{self.cfg.recipe}-{self.cfg.dataset}-s{self.cfg.seed}"
+
+    def build(self) -> None:
+        cfg = self.cfg
+        self.space, self.arch = resolve_architecture(cfg)
+        self.data = build_train_data(cfg, self.device, self.dist.rank, self.dist.world)
+        self.train_loader = self.data.train
+        info = self.data.info
+        if self.space == "nb201":
+            from sldarts.spaces.nb201 import NB201Network
+
+            self.model = NB201Network(self.arch, cfg.channels, cfg.cells, info.num_classes, info.in_channels)
+        else:
+            from sldarts.spaces.darts import DartsNetwork
+
+            self.model = DartsNetwork(self.arch, cfg.channels, cfg.cells, info.num_classes,
+                                      auxiliary=cfg.auxiliary_weight > 0, imagenet=cfg.dataset == "imagenet",
+                                      in_channels=info.in_channels)
+        self.model.to(self.device)
+        self.net: nn.Module = self.model
+        if self.dist.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.epochs, cfg.warmup_epochs,
+                                                                           cfg.lr_schedule))
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.autocast = autocast_for(cfg.amp, self.device)
+        self.topk = (1, 5) if info.num_classes > 5 and cfg.dataset == "imagenet" else (1,)
+
+    def stateful(self) -> dict[str, Any]:
+        return {"model": self.model, "opt": self.opt, "sched": self.sched}
+
+    def describe(self) -> str:
+        cfg = self.cfg
+        return (f"retrain {self.space} cell with recipe {cfg.recipe} on {cfg.dataset} "
+                f"({self.data.train.num_samples} images), {cfg.epochs} epochs x {len(self.data.train)} steps, "
+                f"{count_params(self.model) / 1e6:.3f}M params, on {self.device}"
+                + (f" x {self.dist.world} processes" if self.dist.world > 1 else ""))
+
+    def begin_epoch(self, global_step: int) -> None:
+        if hasattr(self.model, "drop_path_prob"):  # linear ramp, as in DARTS
+            self.model.drop_path_prob = self.cfg.drop_path * self.epoch / self.cfg.epochs
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        self.opt.zero_grad(set_to_none=True)
+        with self.autocast():
+            out = self.net(x)
+        logits, aux = out if isinstance(out, tuple) else (out, None)
+        loss = self.loss_fn(logits.float(), y)
+        if aux is not None:
+            loss = loss + self.cfg.auxiliary_weight * self.loss_fn(aux.float(), y)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        return StepOutput(loss.detach(), (logits.detach().argmax(1) == y).sum(), len(y))
+
+    def params_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def measure(self) -> dict[str, Any]:
+        accs = accuracy(self.model, self.data.eval, self.topk)
+        row = {"valid_acc": accs[0]}
+        if len(accs) > 1:
+            row["valid_top5"] = accs[1]
+        return row
+
+    def summary_line(self, row: dict[str, Any]) -> str:
+        return f"valid {row['valid_acc']:.2%}" + (f" top5 {row['valid_top5']:.2%}" if "valid_top5" in row else "")
+
+    def result(self, seconds: float, last: dict[str, Any] | None) -> dict[str, Any]:
+        side = int(self.data.eval.x.shape[-1]) if hasattr(self.data.eval, "x") else self.cfg.image_size
+        out: dict[str, Any] = {
+            "space": self.space, ("arch" if self.space == "nb201" else "genotype"): self.arch,
+            "recipe": self.cfg.recipe, "dataset": self.cfg.dataset, "epochs": self.cfg.epochs,
+            "top1": last["valid_acc"] if last else None, "seconds": round(seconds, 1),
+            "params": count_params(self.model),
+        }
+        if last and "valid_top5" in last:
+            out["top5"] = last["valid_top5"]
+        try:
+            out["macs"] = count_macs(self.model, side, self.data.info.in_channels)
+        except RuntimeError:
+            pass  # an input size the network cannot take (e.g. tiny test images)
+        return out
+
+    def artifacts(self, result: dict[str, Any]) -> dict[str, str]:
+        if self.space == "darts":
+            return {"genotype.json": json.dumps(self.arch, indent=1) + "\n"}
+        return {}
+
+
+def retrain(cfg: RetrainConfig) -> dict[str, Any]:
+    """Python API: retrain the cell ``cfg`` names and return its result (top-1, params, MACs)."""
+    return RetrainRun(cfg).run()

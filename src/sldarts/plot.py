@@ -1,0 +1,132 @@
+"""Cell diagrams as the DARTS papers draw them: Graphviz DOT always; PNG/PDF by Graphviz's `dot` where it
+exists, otherwise by a plain matplotlib drawing, so a bare machine still gets a picture."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sldarts.errors import SldartsError
+
+
+@dataclass
+class CellGraph:
+    """Nodes (id, label, kind: input|node|output) and edges (src, dst, op label or '')."""
+
+    name: str
+    nodes: list[tuple[str, str, str]]
+    edges: list[tuple[str, str, str]]
+
+
+def darts_graph(genotype: dict[str, Any], cell: str) -> CellGraph:
+    pairs, concat = genotype[cell], genotype[f"{cell}_concat"]
+    steps = len(pairs) // 2
+    names = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(steps)]
+    nodes = [(names[0], names[0], "input"), (names[1], names[1], "input")]
+    nodes += [(str(i), str(i), "node") for i in range(steps)] + [("c_{k}", "c_{k}", "output")]
+    edges = [(names[src], str(k // 2), op) for k, (op, src) in enumerate(pairs)]
+    edges += [(names[c], "c_{k}", "") for c in concat]
+    return CellGraph(cell, nodes, edges)
+
+
+def nb201_graph(arch: str) -> CellGraph:
+    from sldarts.spaces.nb201 import EDGES, parse_arch
+
+    ops = parse_arch(arch)
+    kinds = {0: "input", 3: "output"}
+    nodes = [(str(i), f"node {i}", kinds.get(i, "node")) for i in range(4)]
+    edges = [(str(i), str(j), op) for (j, i), op in zip(EDGES, ops, strict=True) if op != "none"]
+    return CellGraph("cell", nodes, edges)
+
+
+def to_dot(g: CellGraph) -> str:
+    colours = {"input": "darkseagreen2", "node": "lightblue", "output": "palegoldenrod"}
+    lines = [f'digraph "{g.name}" {{', "  rankdir=LR;",
+             '  node [style="rounded,filled", shape=rect, fontname=helvetica, penwidth=2];',
+             "  edge [fontname=times, fontsize=16];"]
+    for nid, label, kind in g.nodes:
+        lines.append(f'  "{nid}" [label="{label}", fillcolor={colours[kind]}];')
+    for src, dst, op in g.edges:
+        attr = f' [label="{op}", fillcolor=gray]' if op else ' [fillcolor=gray]'
+        lines.append(f'  "{src}" -> "{dst}"{attr};')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _positions(g: CellGraph) -> dict[str, tuple[float, float]]:
+    inputs = [n for n, _, k in g.nodes if k == "input"]
+    inner = [n for n, _, k in g.nodes if k == "node"]
+    outputs = [n for n, _, k in g.nodes if k == "output"]
+    pos: dict[str, tuple[float, float]] = {}
+    for i, n in enumerate(inputs):
+        pos[n] = (0.0, (len(inputs) - 1) / 2 - i)
+    for i, n in enumerate(inner):
+        pos[n] = (1.0 + i, 0.9 if i % 2 == 0 else -0.9)
+    for n in outputs:
+        pos[n] = (len(inner) + 1.0, 0.0)
+    return pos
+
+
+def draw_matplotlib(g: CellGraph, paths: list[Path]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import FancyArrowPatch
+    except ImportError:
+        raise SldartsError("no Graphviz `dot` and no matplotlib: install graphviz or `pip install sldarts[plot]` "
+                           "to render the diagram (the .dot file was written)") from None
+    pos = _positions(g)
+    colours = {"input": "#b4eeb4", "node": "#add8e6", "output": "#eee8aa"}
+    width = max(x for x, _ in pos.values()) + 1
+    fig, ax = plt.subplots(figsize=(2.2 * width, 4))
+    for k, (src, dst, op) in enumerate(g.edges):
+        (x0, y0), (x1, y1) = pos[src], pos[dst]
+        rad = 0.25 if (k % 2) else -0.25
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>",
+                                     mutation_scale=14, color="0.35", shrinkA=22, shrinkB=22, lw=1.3))
+        if op:
+            mx, my = (x0 + x1) / 2, (y0 + y1) / 2
+            dx, dy = x1 - x0, y1 - y0
+            # the label sits at the arc3 curve's midpoint
+            ax.text(mx + rad * dy * 0.5, my - rad * dx * 0.5, op, fontsize=8, ha="center", va="center",
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+    for nid, label, kind in g.nodes:
+        x, y = pos[nid]
+        ax.text(x, y, label.replace("_{", "_").replace("}", ""), ha="center", va="center", fontsize=11,
+                bbox=dict(boxstyle="round,pad=0.4", fc=colours[kind], ec="black", lw=1.5))
+    ax.set_xlim(-0.6, width - 0.4)
+    ax.set_ylim(-1.8, 1.8)
+    ax.axis("off")
+    ax.set_title(g.name)
+    for p in paths:
+        fig.savefig(p, bbox_inches="tight", dpi=150)
+    plt.close(fig)
+
+
+def plot_cells(space: str, arch: Any, prefix: str | Path, formats: tuple[str, ...] = ("png", "pdf"),
+               use_graphviz: bool | None = None) -> list[Path]:
+    """Write PREFIX_<cell>.dot and the rendered files for each cell type; returns the paths written."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    graphs = [nb201_graph(arch)] if space == "nb201" else [darts_graph(arch, c) for c in ("normal", "reduce")]
+    dot_bin = shutil.which("dot") if use_graphviz is not False else None
+    written: list[Path] = []
+    for g in graphs:
+        base = prefix.parent / f"{prefix.name}_{g.name}"
+        dot_path = base.with_suffix(".dot")
+        dot_path.write_text(to_dot(g))
+        written.append(dot_path)
+        outs = [base.with_suffix(f".{fmt}") for fmt in formats]
+        if dot_bin:
+            for fmt, out in zip(formats, outs, strict=True):
+                subprocess.run([dot_bin, f"-T{fmt}", str(dot_path), "-o", str(out)], check=True,
+                               capture_output=True)
+        else:
+            draw_matplotlib(g, outs)
+        written.extend(outs)
+    return written

@@ -1,0 +1,55 @@
+"""torchrun (gloo, CPU): one search over 2 processes keeps ranks identical and resumes in 1 process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from sldarts.config import SearchConfig
+from sldarts.search_run import search
+
+WORKER = str(Path(__file__).parent / "ddp_worker.py")
+COMMON = ["space=nb201", "cells=1", "channels=4", "train_samples=128", "batch_size=32", "eval_samples=64",
+          "progress=none", "device=cpu", "threads=1"]
+
+
+def torchrun(args, port, env_extra=None):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}", WORKER,
+           *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_two_process_search_keeps_alpha_and_weights_identical(tmp_path):
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    r = torchrun(["search", str(dump), *COMMON, "epochs=2", "optim=single", f"out={tmp_path / 'run'}"], 29521)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (torch.load(dump / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    assert a.keys() == b.keys() and "arch.cell" in a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    res = json.load(open(tmp_path / "run" / "result.json"))
+    assert res["config"]["batch_size"] == 32  # the global batch, split 16 + 16 over the ranks
+    # α moved away from its initial value: the all-reduce carried its gradient
+    assert not torch.allclose(a["arch.cell"], torch.full_like(a["arch.cell"], a["arch.cell"][0, 0].item()))
+
+
+def test_stopped_two_process_search_resumes_in_one_process(tmp_path):
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    out = tmp_path / "run"
+    args = ["search", str(dump), *COMMON, "epochs=2", "optim=bilevel", "log_every=1", f"out={out}"]
+    r = torchrun(args, 29522, {"SLDARTS_TEST_STOP": "1"})
+    assert r.returncode != 0 and "resume=true" in r.stderr
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["world"] == 2 and state["epoch"] == 0 and state["step_in_epoch"] == 1
+    res = search(SearchConfig(space="nb201", cells=1, channels=4, train_samples=128, batch_size=32, eval_samples=64,
+                              progress="none", device="cpu", epochs=2, optim="bilevel", log_every=1, out=str(out),
+                              resume=True, threads=1))
+    assert res["epochs"] == 2
+    rows = [json.loads(line)["epoch"] for line in open(out / "metrics.jsonl")]
+    assert rows == [0, 1, 2]
