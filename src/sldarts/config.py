@@ -314,7 +314,8 @@ def load_retrain_config(path: str | Path | None, overrides: dict[str, Any]) -> R
     file_values = read_yaml(path) if path is not None else {}
     recipe = overrides.get("recipe", file_values.get("recipe", "darts-cifar"))
     if recipe not in RECIPES:
-        raise SldartsError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}{_suggest(str(recipe), RECIPES)}")
+        raise SldartsError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}"
+                           + _suggest(str(recipe), RECIPES))
     base = dict(RECIPES[recipe], recipe=recipe)
     base.update(file_values)
     return load_config(None, overrides, base=base, schema=RetrainConfig)
