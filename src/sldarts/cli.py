@@ -100,6 +100,34 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lookup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sldarts.lookup import open_benchmark, table3
+    from sldarts.spaces.nb201 import parse_arch
+
+    target = args.target
+    if Path(target).is_dir():
+        from sldarts.search_run import derive
+
+        d = derive(target)
+        if d["space"] != "nb201":
+            raise SldartsError(f"{target} searched the {d['space']} space; look-ups need an NB201 run")
+        target = d["arch"]
+    parse_arch(target)
+    bench = open_benchmark(args.benchmark)
+    row = bench.query(target)
+    if args.table:
+        rows = [("this cell", row)] + ([("optimal", bench.optimal())] if args.optimal else [])
+        print(table3(rows))
+    else:
+        out = dict(row)
+        if args.optimal:
+            out["optimal"] = bench.optimal()
+        print(json.dumps(out, indent=1))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from sldarts.bench import dump, run_bench, table
 
@@ -144,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--arch")
     pl.add_argument("--out", required=True, help="path prefix: writes PREFIX_<cell>.dot/.png/.pdf")
     pl.set_defaults(func=_plot)
+    lk = sub.add_parser("lookup", help="NAS-Bench-201 accuracies of an arch string or a run's derived cell")
+    lk.add_argument("target", metavar="ARCH_STRING|RUN_DIR")
+    lk.add_argument("--benchmark", help="CSV table, NATS-tss file/folder or NAS-Bench-201 .pth "
+                    "(default $SLDARTS_NB201)")
+    lk.add_argument("--table", action="store_true", help="print the paper's Table 3 layout")
+    lk.add_argument("--optimal", action="store_true", help="also give the best accuracies in the benchmark")
+    lk.set_defaults(func=_lookup)
     b = sub.add_parser("bench", help="time and measure supernet steps, reference vs optimised")
     b.add_argument("--space", choices=["nb201", "darts"])
     b.add_argument("--modes", default="single,bilevel1,bilevel2")

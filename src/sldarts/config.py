@@ -101,6 +101,7 @@ class SearchConfig(ConfigBase):
     bn_track_stats: bool = True
     impl: str = field(default="fused", metadata=_choice("fused", "reference"))
     param_free_threshold: float = field(default=0.3, metadata=_range(0, 1))
+    benchmark: str = ""  # NB201 benchmark file for per-epoch look-ups ($SLDARTS_NB201 if empty)
     seed: int = field(default=0, metadata=_range(0))
     deterministic: bool = False
     device: str = "auto"

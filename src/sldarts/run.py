@@ -25,7 +25,7 @@ from sldarts.errors import SldartsError
 from sldarts.progress import Progress
 
 # Keys that may differ between a run and its resumption without changing what it computes.
-OPERATIONAL = {"resume", "overwrite", "device", "progress", "workers", "threads", "log_every", "out"}
+OPERATIONAL = {"resume", "overwrite", "device", "progress", "workers", "threads", "log_every", "out", "benchmark"}
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json", "log.txt", "genotype.json")
 
 

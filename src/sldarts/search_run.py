@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -15,6 +16,7 @@ from sldarts.config import SearchConfig, load_config
 from sldarts.data import Cycle, SearchData, build_search_data
 from sldarts.distributed import all_sum
 from sldarts.errors import SldartsError
+from sldarts.lookup import ENV, open_benchmark
 from sldarts.run import EpochRun, read_metrics
 from sldarts.spaces import Supernet, build_supernet
 from sldarts.strategies import make_optimizers, make_strategy
@@ -76,6 +78,9 @@ class SearchRun(EpochRun):
         self.strategy = make_strategy(cfg, self.model, self.net, self.w_opt, self.a_opt,
                                       autocast_for(cfg.amp, self.device))
         self._arch_batch = None
+        self.benchmark = None
+        if cfg.space == "nb201" and self.dist.main and (cfg.benchmark or os.environ.get(ENV)):
+            self.benchmark = open_benchmark(cfg.benchmark or None)
 
     def stateful(self) -> dict[str, Any]:
         return {"model": self.model, "w_opt": self.w_opt, "a_opt": self.a_opt, "sched": self.sched}
@@ -100,8 +105,11 @@ class SearchRun(EpochRun):
 
     def measure(self) -> dict[str, Any]:
         arch = self.model.derive()
-        return {"valid_acc": accuracy(self.model, self.data.eval)[0], **self.model.alpha_state(),
-                arch_key(self.cfg.space): arch, "param_free_ratio": self.model.param_free_ratio(arch)}
+        row = {"valid_acc": accuracy(self.model, self.data.eval)[0], **self.model.alpha_state(),
+               arch_key(self.cfg.space): arch, "param_free_ratio": self.model.param_free_ratio(arch)}
+        if self.benchmark is not None:
+            row["benchmark"] = self.benchmark.query(arch)
+        return row
 
     def summary_line(self, row: dict[str, Any]) -> str:
         key = arch_key(self.cfg.space)
@@ -115,6 +123,8 @@ class SearchRun(EpochRun):
         out: dict[str, Any] = {"space": cfg.space, arch_key(cfg.space): arch, "param_free_ratio": ratio,
                                "valid_acc": last["valid_acc"] if last else None, "epochs": cfg.epochs,
                                "seconds": round(seconds, 1)}
+        if self.benchmark is not None:
+            out["benchmark"] = self.benchmark.query(arch)
         if ratio > cfg.param_free_threshold:
             out["warning"] = (
                 f"parameter-free ratio {ratio:.2f} exceeds {cfg.param_free_threshold}: the search may have "
