@@ -148,7 +148,8 @@ def open_benchmark(path: str | Path | None) -> Benchmark:
     name = p.name
     if p.suffix == ".csv":
         return CsvBenchmark(p)
-    if name.startswith("NATS-tss") or name.endswith(".pickle.pbz2") or (p.is_dir() and (p / "meta.pickle.pbz2").exists()):
+    nats_dir = p.is_dir() and (p / "meta.pickle.pbz2").exists()
+    if name.startswith("NATS-tss") or name.endswith(".pickle.pbz2") or nats_dir:
         try:
             from nats_bench import create
         except ImportError:
