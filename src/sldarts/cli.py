@@ -128,6 +128,26 @@ def _lookup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from sldarts.sweep import run_sweep
+
+    gpus = args.gpus.split(",") if args.gpus else None
+    log = (lambda m: None) if args.print else (lambda m: print(m, file=sys.stderr, flush=True))
+    run_sweep(args.config, args.items, args.out, args.parallel, gpus, args.print, log=log)
+    if not args.print:
+        from sldarts.report import report
+
+        print(report(args.out))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sldarts.report import report
+
+    print(report(args.sweep_dir))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from sldarts.bench import dump, run_bench, table
 
@@ -179,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--table", action="store_true", help="print the paper's Table 3 layout")
     lk.add_argument("--optimal", action="store_true", help="also give the best accuracies in the benchmark")
     lk.set_defaults(func=_lookup)
+    sw = sub.add_parser("sweep", help="run a grid of searches x seeds (key=a,b,c) and report mean ± std")
+    sw.add_argument("--config", help="sweep YAML (base / grid / variants) or a plain search config")
+    sw.add_argument("items", nargs="*", metavar="key=a,b,c", help="grid axes (commas) and fixed settings")
+    sw.add_argument("--out", required=True, help="the sweep directory (re-run to resume)")
+    sw.add_argument("--parallel", type=int, default=1, help="concurrent processes (per GPU with --gpus)")
+    sw.add_argument("--gpus", help="comma-separated GPU ids, e.g. 0,1 (several searches may share one)")
+    sw.add_argument("--print", action="store_true", help="print one command per unfinished point instead")
+    sw.set_defaults(func=_sweep)
+    rp = sub.add_parser("report", help="mean ± std table of a sweep (writes report.md and report.csv)")
+    rp.add_argument("sweep_dir")
+    rp.set_defaults(func=_report)
     b = sub.add_parser("bench", help="time and measure supernet steps, reference vs optimised")
     b.add_argument("--space", choices=["nb201", "darts"])
     b.add_argument("--modes", default="single,bilevel1,bilevel2")

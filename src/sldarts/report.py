@@ -1,0 +1,116 @@
+"""Sweep reports: mean ± std over seeds for each setting, laid out like the paper's tables.
+
+The std is the population standard deviation (ddof=0, as ``numpy.std``), the convention of the NAS
+papers' "± std over 3 runs"; a setting run once shows ± 0.00. With NB201 look-ups recorded, the columns
+are the benchmark accuracies; otherwise the final supernet accuracy and the parameter-free ratio.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sldarts.errors import SldartsError
+from sldarts.lookup import DATASETS, SPLITS
+
+IGNORED = {"seed", "out", "resume", "overwrite", "device", "progress", "workers", "threads", "log_every",
+           "benchmark"}
+NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet16-120": "ImageNet16-120"}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Finished points of a sweep: their config and result."""
+    runs = []
+    for d in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
+        if (d / "result.json").exists():
+            res = json.loads((d / "result.json").read_text())
+            runs.append({"dir": d.name, "config": res.get("config") or yaml.safe_load((d / "config.yaml").read_text()),
+                         "result": res})
+    return runs
+
+
+def metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numbers a point contributes to its row."""
+    bench = result.get("benchmark")
+    if bench:
+        return {f"{NAMES[d]} {s}": bench[d][s] for d in DATASETS for s in SPLITS if bench[d][s] is not None}
+    out = {"param-free ratio": result["param_free_ratio"]}
+    if result.get("valid_acc") is not None:
+        out = {"supernet acc": 100.0 * result["valid_acc"], **out}
+    return out
+
+
+def aggregate(runs: list[dict[str, Any]]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """(setting keys, metric columns, rows) with one row per setting, seeds pooled."""
+    if not runs:
+        raise SldartsError("no finished runs to report")
+    keys = sorted({k for r in runs for k in r["config"]} - IGNORED)
+    varying = [k for k in keys if len({json.dumps(r["config"].get(k)) for r in runs}) > 1]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(tuple(json.dumps(r["config"].get(k)) for k in varying), []).append(r)
+    columns: list[str] = []
+    for r in runs:
+        for c in metrics(r["result"]):
+            if c not in columns:
+                columns.append(c)
+    rows = []
+    for key, members in groups.items():
+        row: dict[str, Any] = {k: json.loads(v) for k, v in zip(varying, key, strict=True)}
+        row["seeds"] = sorted(m["config"].get("seed") for m in members)
+        for c in columns:
+            vals = [metrics(m["result"]).get(c) for m in members]
+            vals = [v for v in vals if v is not None]
+            row[c] = mean_std(vals) if vals else None
+        rows.append(row)
+    return varying, columns, rows
+
+
+def _cell(v: Any, decimals: int) -> str:
+    if v is None:
+        return "-"
+    m, s = v
+    return f"{m:.{decimals}f} ± {s:.{decimals}f}"
+
+
+def markdown(varying: list[str], columns: list[str], rows: list[dict[str, Any]]) -> str:
+    head = varying + columns + ["n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        dec = lambda c: 3 if c == "param-free ratio" else 2  # noqa: E731
+        cells = [str(r[k]) for k in varying] + [_cell(r[c], dec(c)) for c in columns] + [str(len(r["seeds"]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def to_csv(varying: list[str], columns: list[str], rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(varying + [x for c in columns for x in (f"{c} mean", f"{c} std")] + ["n", "seeds"])
+    for r in rows:
+        vals = [x for c in columns for x in (r[c] if r[c] is not None else ("", ""))]
+        w.writerow([r[k] for k in varying] + vals + [len(r["seeds"]), " ".join(map(str, r["seeds"]))])
+    return buf.getvalue()
+
+
+def report(sweep_dir: str | Path) -> str:
+    """Write report.md and report.csv into the sweep directory and return the Markdown table."""
+    d = Path(sweep_dir)
+    if not d.is_dir():
+        raise SldartsError(f"sweep directory {d} does not exist")
+    varying, columns, rows = aggregate(collect(d))
+    md = markdown(varying, columns, rows)
+    (d / "report.md").write_text(md + "\n")
+    (d / "report.csv").write_text(to_csv(varying, columns, rows))
+    return md

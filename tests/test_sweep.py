@@ -1,0 +1,96 @@
+"""Sweeps: grid expansion, resumption, aggregation on known inputs, and a small end-to-end sweep."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sldarts.cli import main
+from sldarts.errors import SldartsError
+from sldarts.report import aggregate, markdown, mean_std, report
+from sldarts.sweep import load_sweep, run_sweep
+
+SWEEPS = sorted((Path(__file__).parent.parent / "configs" / "sweeps").glob("*.yaml"))
+TINY = ["epochs=1", "train_samples=96", "channels=4", "cells=1", "batch_size=32", "eval_samples=32"]
+
+
+def test_grid_expansion_crosses_axes_and_variants(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"base": {"epochs": 3}, "grid": {"lr": [0.001, 0.005]},
+                                    "variants": [{"optim": "single"}, {"optim": "bilevel", "order": 2}]}))
+    base, points = load_sweep(spec, ["seed=0,1,2", "channels=8"])
+    assert base == {"epochs": 3, "channels": 8}
+    assert len(points) == 2 * 2 * 3
+    assert {json.dumps(p.settings, sort_keys=True) for p in points} == {
+        json.dumps({**v, "lr": lr, "seed": s}, sort_keys=True)
+        for v in ({"optim": "single"}, {"optim": "bilevel", "order": 2}) for lr in (0.001, 0.005) for s in (0, 1, 2)}
+    assert points[0].name == "optim=single_lr=0.001_seed=0"
+
+
+def test_every_point_is_validated_before_anything_runs(tmp_path):
+    with pytest.raises(SldartsError, match="did you mean 'sigmoid'"):
+        load_sweep(None, ["activation=softmax,sigmod"])
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_shipped_sweeps_expand(path):
+    expected = {"table1.yaml": 27, "table2.yaml": 72, "table3.yaml": 9, "table5-darts-imagenet.yaml": 18}
+    assert len(load_sweep(path, [])[1]) == expected[path.name]
+
+
+def test_mean_std_on_known_inputs():
+    assert mean_std([94.36, 94.36, 94.36]) == (pytest.approx(94.36), pytest.approx(0.0))
+    m, s = mean_std([1.0, 2.0, 3.0, 4.0])
+    assert m == 2.5 and s == pytest.approx(1.118033988749895)  # population std, as numpy.std
+
+
+def _fake_run(d: Path, optim: str, seed: int, test: float) -> None:
+    d.mkdir(parents=True)
+    bench = {"index": 1, "arch": "x", "cifar10": {"valid": test - 3, "test": test},
+             "cifar100": {"valid": None, "test": test - 20}, "imagenet16-120": {"valid": None, "test": None}}
+    res = {"space": "nb201", "arch": "x", "param_free_ratio": 0.0, "valid_acc": 0.5, "benchmark": bench,
+           "config": {"optim": optim, "seed": seed, "lr": 0.005, "out": str(d)}}
+    (d / "result.json").write_text(json.dumps(res))
+
+
+def test_report_aggregates_seeds_per_setting(tmp_path):
+    for i, (optim, seed, acc) in enumerate([("single", 0, 94.0), ("single", 1, 94.5), ("single", 2, 95.0),
+                                            ("bilevel", 0, 54.3), ("bilevel", 1, 54.3)]):
+        _fake_run(tmp_path / f"p{i}", optim, seed, acc)
+    (tmp_path / "unfinished").mkdir()
+    md = report(tmp_path)
+    assert "| optim | CIFAR-10 valid | CIFAR-10 test | CIFAR-100 test | n |" in md
+    assert "| single | 91.50 ± 0.41 | 94.50 ± 0.41 | 74.50 ± 0.41 | 3 |" in md
+    assert "| bilevel | 51.30 ± 0.00 | 54.30 ± 0.00 | 34.30 ± 0.00 | 2 |" in md
+    csv_text = (tmp_path / "report.csv").read_text().splitlines()
+    assert csv_text[0].startswith("optim,CIFAR-10 valid mean,CIFAR-10 valid std")
+    assert (tmp_path / "report.md").read_text().strip() == md
+
+
+def test_report_without_benchmark_uses_supernet_numbers():
+    runs = [{"config": {"lr": lr, "seed": s}, "result": {"param_free_ratio": r, "valid_acc": 0.9}}
+            for lr, s, r in [(0.1, 0, 0.5), (0.1, 1, 1.0), (0.01, 0, 0.0)]]
+    varying, columns, rows = aggregate(runs)
+    assert varying == ["lr"] and columns == ["supernet acc", "param-free ratio"]
+    assert "| 0.1 | 90.00 ± 0.00 | 0.750 ± 0.250 | 2 |" in markdown(varying, columns, rows)
+
+
+def test_small_sweep_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", *TINY, "optim=single,bilevel", "seed=0,1", "--parallel", "2", "--out", str(out)]) == 0
+    md = capsys.readouterr().out
+    assert md.count("| 2 |") == 2 and "param-free ratio" in md
+    # half-finished: remove one point's result, leave its checkpoint: only that point runs again, resumed
+    victim = out / "optim=bilevel_seed=1"
+    (victim / "result.json").unlink()
+    before = {p: (p / "result.json").stat().st_mtime_ns for p in out.iterdir() if (p / "result.json").exists()}
+    printed = run_sweep(None, [*TINY, "optim=single,bilevel", "seed=0,1"], out, print_only=True, log=lambda m: None)
+    assert [p["status"] for p in printed].count("partial") == 1
+    cmd = capsys.readouterr().out.strip().splitlines()
+    assert len(cmd) == 1 and "resume=true" in cmd[0] and "optim=bilevel" in cmd[0]
+    run_sweep(None, [*TINY, "optim=single,bilevel", "seed=0,1"], out, log=lambda m: None)
+    assert (victim / "result.json").exists()
+    assert before == {p: (p / "result.json").stat().st_mtime_ns for p in before}
+    with pytest.raises(SldartsError, match="other base settings"):
+        run_sweep(None, ["epochs=2", "seed=0,1"], out, log=lambda m: None)
