@@ -101,6 +101,7 @@ class SearchConfig(ConfigBase):
     bn_track_stats: bool = True
     impl: str = field(default="fused", metadata=_choice("fused", "reference"))
     param_free_threshold: float = field(default=0.3, metadata=_range(0, 1))
+    nan_policy: str = field(default="stop", metadata=_choice("stop", "skip"))
     benchmark: str = ""  # NB201 benchmark file for per-epoch look-ups ($SLDARTS_NB201 if empty)
     seed: int = field(default=0, metadata=_range(0))
     deterministic: bool = False
@@ -286,6 +287,7 @@ class RetrainConfig(ConfigBase):
     cutout: int = field(default=16, metadata=_range(0))
     color_jitter: float = field(default=0.0, metadata=_range(0, 1))
     image_size: int = field(default=224, metadata=_range(8))  # ImageNet crops
+    nan_policy: str = field(default="stop", metadata=_choice("stop", "skip"))
     grad_clip: float = field(default=5.0, metadata=_range(0))
     channels: int = field(default=36, metadata=_range(1))
     cells: int = field(default=20, metadata=_range(1))

@@ -113,6 +113,7 @@ class EpochRun:
         self.partial = self._zero()
         self._stop_signal: int | None = None
         self._agreed_stop = False  # the ranks' common decision (torchrun)
+        self.skipped_steps = 0  # non-finite batches dropped in the last epoch (nan_policy=skip)
         self.resuming = resuming and (self.out / "checkpoint.pt").exists()
         if self.resuming:
             self._load()
@@ -160,7 +161,7 @@ class EpochRun:
     # -- checkpointing ----------------------------------------------------------------------
     @staticmethod
     def _zero() -> dict[str, float]:
-        return {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
+        return {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0, "skipped": 0.0}
 
     def _save(self) -> None:
         if self.dist.main:
@@ -192,6 +193,8 @@ class EpochRun:
         t0 = time.time()
         row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
         row.update(self.measure())
+        if self.skipped_steps:
+            row["skipped_steps"] = self.skipped_steps
         row.update(seconds=round(seconds, 3), eval_seconds=round(time.time() - t0, 3))
         if self.dist.main:
             with open(self.out / "metrics.jsonl", "a") as f:
@@ -228,7 +231,8 @@ class EpochRun:
         if not math.isfinite(float(loss_sum)) or not self.params_finite():
             raise SldartsError(
                 f"non-finite loss or parameters at {where}; the last good checkpoint in {self.out} is kept. "
-                f"Lower lr (now {self.cfg.lr:g}), or disable amp, then resume=true")
+                f"Lower lr (now {self.cfg.lr:g}) or disable amp and resume=true, or skip such batches "
+                "with nan_policy=skip")
 
     def params_finite(self) -> bool:
         return True
@@ -243,8 +247,13 @@ class EpochRun:
         count = self.partial["count"]
         t0 = time.time() - self.partial["seconds"]
         self.progress.start_epoch(e + 1, self.cfg.epochs, steps, start)
+        skipped = int(self.partial.get("skipped", 0))
         for k, (x, y) in enumerate(loader.epoch(e, start), start=start + 1):
             out = self.train_step(x, y)
+            if out.skipped:
+                skipped += 1
+                self.progress.message(f"skipped epoch {e + 1} step {k}: non-finite loss or gradient "
+                                      f"(nan_policy=skip, {skipped} this epoch)")
             loss_sum += out.loss.double() * out.count
             correct += out.correct.double()
             count += out.count
@@ -254,7 +263,7 @@ class EpochRun:
                 self.progress.update(k, float(loss_sum) / count, float(correct) / count)
             if self._stop_requested(k, steps) and k < steps:
                 self.partial = {"loss": float(loss_sum), "correct": float(correct), "count": count,
-                                "seconds": time.time() - t0}
+                                "seconds": time.time() - t0, "skipped": skipped}
                 self.check_finite(loss_sum, f"epoch {e + 1} step {k}")
                 self._save()
                 raise Stop(f"stopped by signal {self._stop_signal} at epoch {e + 1} step {k}/{steps}")
@@ -263,6 +272,8 @@ class EpochRun:
         broadcast_buffers(self.model)
         loss_sum, correct, cnt = all_sum(loss_sum, correct, torch.tensor(float(count), device=self.device))
         self.check_finite(loss_sum, f"the end of epoch {e + 1}")
+        self.skipped_steps = skipped
+        cnt = cnt.clamp_min(1)
         return float(loss_sum / cnt), float(correct / cnt), seconds
 
     def resume_command(self) -> str:

@@ -30,6 +30,18 @@ class StepOutput:
     loss: Tensor  # detached scalar, on the device (no host sync)
     correct: Tensor  # detached count of correct top-1 predictions
     count: int
+    skipped: bool = False  # nan_policy=skip dropped this batch
+
+
+def all_finite(tensors) -> bool:
+    """One host sync: whether every given tensor (None entries ignored) is finite."""
+    flags = [torch.isfinite(t).all() for t in tensors if t is not None]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def skipped_step(device: torch.device) -> StepOutput:
+    zero = torch.zeros((), device=device)
+    return StepOutput(zero, zero, 0, skipped=True)
 
 
 class Strategy:
@@ -37,8 +49,9 @@ class Strategy:
 
     def __init__(self, model: Supernet, net: nn.Module, w_opt: torch.optim.Optimizer,
                  a_opt: torch.optim.Optimizer, *, grad_clip: float = 5.0,
-                 autocast: Callable[[], AbstractContextManager] = nullcontext) -> None:
+                 autocast: Callable[[], AbstractContextManager] = nullcontext, skip_nonfinite: bool = False) -> None:
         self.model, self.net = model, net
+        self.skip_nonfinite = skip_nonfinite
         self.w_opt, self.a_opt = w_opt, a_opt
         self.grad_clip = grad_clip
         self.autocast = autocast
@@ -48,6 +61,14 @@ class Strategy:
         with self.autocast():
             logits = (net or self.net)(x)
         return self.loss_fn(logits.float(), y), logits
+
+    def _bad(self, loss: Tensor, params) -> bool:
+        """nan_policy=skip: whether this step's loss or gradients are non-finite (then nothing is updated)."""
+        if not self.skip_nonfinite or all_finite([loss, *(p.grad for p in params)]):
+            return False
+        self.w_opt.zero_grad(set_to_none=True)
+        self.a_opt.zero_grad(set_to_none=True)
+        return True
 
     def _w_step(self) -> None:
         if self.grad_clip > 0:
@@ -72,6 +93,8 @@ class SingleLevel(Strategy):
         self.a_opt.zero_grad(set_to_none=True)
         loss, logits = self.loss(x, y)
         loss.backward()
+        if self._bad(loss, self.model.parameters()):
+            return skipped_step(x.device)
         self._w_step()
         self.a_opt.step()
         return self._out(loss, logits, y)
@@ -108,12 +131,19 @@ class FirstOrder(Strategy):
     def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
         assert arch_batch is not None, "bi-level needs an α batch"
         xa, ya = arch_batch()
-        self._arch_step(self.arch_grads(xa, ya))
+        return self._bilevel_step(self.arch_grads(xa, ya), x, y)
+
+    def _bilevel_step(self, arch_grads: list[Tensor], x: Tensor, y: Tensor) -> StepOutput:
+        if self.skip_nonfinite and not all_finite(arch_grads):
+            return skipped_step(x.device)
+        self._arch_step(arch_grads)
         self.w_opt.zero_grad(set_to_none=True)
         loss, logits = self.loss(x, y)
         loss.backward()
-        self._w_step()
         self.a_opt.zero_grad(set_to_none=True)  # the w-step's α gradient is not used
+        if self._bad(loss, self.model.weights()):
+            return skipped_step(x.device)
+        self._w_step()
         return self._out(loss, logits, y)
 
 
@@ -181,13 +211,7 @@ class SecondOrder(FirstOrder):
         xa, ya = arch_batch()
         grads = self.hypergradient(x, y, xa, ya)
         _all_reduce_mean(grads)
-        self._arch_step(grads)
-        self.w_opt.zero_grad(set_to_none=True)
-        loss, logits = self.loss(x, y)
-        loss.backward()
-        self._w_step()
-        self.a_opt.zero_grad(set_to_none=True)
-        return self._out(loss, logits, y)
+        return self._bilevel_step(grads, x, y)
 
 
 def make_optimizers(model: Supernet, cfg) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
@@ -203,7 +227,7 @@ def make_optimizers(model: Supernet, cfg) -> tuple[torch.optim.Optimizer, torch.
 
 
 def make_strategy(cfg, model: Supernet, net: nn.Module, w_opt, a_opt, autocast=nullcontext) -> Strategy:
-    kw = dict(grad_clip=cfg.grad_clip, autocast=autocast)
+    kw = dict(grad_clip=cfg.grad_clip, autocast=autocast, skip_nonfinite=cfg.nan_policy == "skip")
     if cfg.optim == "single":
         return SingleLevel(model, net, w_opt, a_opt, **kw)
     if cfg.order == 1:

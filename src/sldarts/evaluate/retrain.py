@@ -14,7 +14,7 @@ from sldarts.data import build_train_data
 from sldarts.evaluate.complexity import count_macs, count_params
 from sldarts.run import EpochRun
 from sldarts.search_run import accuracy, autocast_for, derive
-from sldarts.strategies import StepOutput
+from sldarts.strategies import StepOutput, all_finite, skipped_step
 
 
 def resolve_architecture(cfg: RetrainConfig) -> tuple[str, Any]:
@@ -102,6 +102,9 @@ class RetrainRun(EpochRun):
         if aux is not None:
             loss = loss + self.cfg.auxiliary_weight * self.loss_fn(aux.float(), y)
         loss.backward()
+        if self.cfg.nan_policy == "skip" and not all_finite([loss, *(p.grad for p in self.model.parameters())]):
+            self.opt.zero_grad(set_to_none=True)
+            return skipped_step(x.device)
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
