@@ -41,7 +41,8 @@ def final_state(run: Path) -> dict:
 def wait_for_epoch(run: Path, epoch: int, proc, timeout=120) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:
-        rows = [line for line in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
+        m = run / "metrics.jsonl"
+        rows = m.read_text().splitlines() if m.exists() else []
         if len(rows) > epoch and (run / "checkpoint.pt").exists():
             return
         if proc.poll() is not None:
@@ -114,7 +115,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     with pytest.raises(SldartsError, match="non-finite loss or parameters at epoch 2 step 3.*lower|Lower"):
         search(cfg)
     state = torch.load(Path(tiny["out"]) / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    floats = [v for v in state["model"].values() if v.is_floating_point()]
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in floats)
 
 
 def test_nan_policy_skip_drops_and_counts_the_batch(tmp_path, tiny, monkeypatch):
