@@ -148,6 +148,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from sldarts.analyze import analyze
+
+    for path in analyze(args.run_dirs, args.out):
+        print(path)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from sldarts.bench import dump, run_bench, table
 
@@ -210,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="mean ± std table of a sweep (writes report.md and report.csv)")
     rp.add_argument("sweep_dir")
     rp.set_defaults(func=_report)
+    an = sub.add_parser("analyze", help="figures (p_i, gradient correlation, dL/dp) and a report of runs")
+    an.add_argument("run_dirs", nargs="+")
+    an.add_argument("--out", required=True, help="folder for the PNG/PDF figures and report.md")
+    an.set_defaults(func=_analyze)
     b = sub.add_parser("bench", help="time and measure supernet steps, reference vs optimised")
     b.add_argument("--space", choices=["nb201", "darts"])
     b.add_argument("--modes", default="single,bilevel1,bilevel2")

@@ -102,6 +102,12 @@ class SearchConfig(ConfigBase):
     impl: str = field(default="fused", metadata=_choice("fused", "reference"))
     param_free_threshold: float = field(default=0.3, metadata=_range(0, 1))
     nan_policy: str = field(default="stop", metadata=_choice("stop", "skip"))
+    analysis: bool = False  # record gradient correlation, dL/dp and weights to analysis.jsonl
+    analysis_every: int = field(default=10, metadata=_range(1))
+    analysis_cells: str = "first,middle,last"
+    auto_lr: bool = False  # rerun with lr / auto_lr_factor while the result's param-free ratio > threshold
+    auto_lr_factor: float = field(default=5.0, metadata=_range(1, lo_open=True))
+    auto_lr_tries: int = field(default=3, metadata=_range(1))
     benchmark: str = ""  # NB201 benchmark file for per-epoch look-ups ($SLDARTS_NB201 if empty)
     seed: int = field(default=0, metadata=_range(0))
     deterministic: bool = False

@@ -78,6 +78,12 @@ class SearchRun(EpochRun):
         self.strategy = make_strategy(cfg, self.model, self.net, self.w_opt, self.a_opt,
                                       autocast_for(cfg.amp, self.device))
         self._arch_batch = None
+        self.probe = None
+        if cfg.analysis and self.dist.main:
+            from sldarts.analysis import Probe
+
+            self.probe = Probe(self.model, cfg.analysis_cells, self.out / "analysis.jsonl")
+        self._gstep = 0
         self.benchmark = None
         if cfg.space == "nb201" and self.dist.main and (cfg.benchmark or os.environ.get(ENV)):
             self.benchmark = open_benchmark(cfg.benchmark or None)
@@ -93,12 +99,25 @@ class SearchRun(EpochRun):
                 f"activation={cfg.activation} lr={cfg.lr:g}, {cfg.epochs} epochs x {len(self.data.train)} steps "
                 f"on {self.device}" + (f" x {self.dist.world} processes" if self.dist.world > 1 else ""))
 
+    def _load(self) -> None:
+        super()._load()
+        if self.probe is not None:
+            self.probe.truncate(self.epoch * len(self.train_loader) + self.step_in_epoch)
+
     def begin_epoch(self, global_step: int) -> None:
         # α batches are positioned by the global step, so a resumed run draws the same ones.
         self._arch_batch = Cycle(self.data.arch, global_step).__next__ if self.data.arch is not None else None
+        self._gstep = global_step
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor):
-        return self.strategy.step(x, y, self._arch_batch)
+        arch_batch = self._arch_batch
+        if self.probe is not None and self._gstep % self.cfg.analysis_every == 0:
+            a = arch_batch() if arch_batch is not None else None  # the α batch this very step will use
+            self.probe.record(self.epoch + 1, self.step_in_epoch + 1, self._gstep, (x, y), a)
+            if a is not None:
+                arch_batch = lambda: a  # noqa: E731
+        self._gstep += 1
+        return self.strategy.step(x, y, arch_batch)
 
     def params_finite(self) -> bool:
         return all(bool(torch.isfinite(a).all()) for a in self.model.alphas())
@@ -109,12 +128,19 @@ class SearchRun(EpochRun):
                arch_key(self.cfg.space): arch, "param_free_ratio": self.model.param_free_ratio(arch)}
         if self.benchmark is not None:
             row["benchmark"] = self.benchmark.query(arch)
+        if self.probe is not None:
+            row["analysis_seconds"] = round(self.probe.seconds, 3)
+            self.probe.seconds = 0.0
         return row
 
     def summary_line(self, row: dict[str, Any]) -> str:
         key = arch_key(self.cfg.space)
+        extra = ""
+        if "analysis_seconds" in row and row.get("seconds"):
+            a = row["analysis_seconds"]
+            extra = f" (analysis {a:.1f}s of it, +{a / max(row['seconds'] - a, 1e-9):.0%})"
         return (f"valid {row['valid_acc']:.2%} param-free {row['param_free_ratio']:.2f} "
-                f"{key} {json.dumps(row[key])}")
+                f"{key} {json.dumps(row[key])}{extra}")
 
     def result(self, seconds: float, last: dict[str, Any] | None) -> dict[str, Any]:
         cfg = self.cfg
@@ -152,7 +178,32 @@ def search(config: SearchConfig | None = None, **overrides: Any) -> dict[str, An
     cfg = config or SearchConfig()
     if overrides:
         cfg = load_config(None, overrides, base=cfg.to_dict())
-    return SearchRun(cfg).run()
+    return auto_lr_search(cfg) if cfg.auto_lr else SearchRun(cfg).run()
+
+
+def auto_lr_search(cfg: SearchConfig) -> dict[str, Any]:
+    """The paper's advice as a loop: while a finished search's parameter-free ratio exceeds the threshold,
+    search again with lr / auto_lr_factor, at most auto_lr_tries times. Every try is a run directory
+    (try1, try2, ...) and is listed in auto_lr.json; the last try's result is returned."""
+    from sldarts import checkpoint as ckpt
+
+    base = Path(cfg.out) if cfg.out else Path("runs") / cfg.run_name
+    base.mkdir(parents=True, exist_ok=True)
+    tries: list[dict[str, Any]] = []
+    lr = cfg.lr
+    result: dict[str, Any] = {}
+    for t in range(1, cfg.auto_lr_tries + 1):
+        sub = cfg.replace(out=str(base / f"try{t}"), lr=lr, auto_lr=False)
+        result = SearchRun(sub).run()
+        tries.append({"try": t, "lr": lr, "param_free_ratio": result["param_free_ratio"],
+                      arch_key(cfg.space): result[arch_key(cfg.space)], "run_dir": str(base / f"try{t}")})
+        ckpt.atomic_write_text(base / "auto_lr.json", json.dumps(tries, indent=1) + "\n")
+        if result["param_free_ratio"] <= cfg.param_free_threshold:
+            break
+        lr = lr / cfg.auto_lr_factor
+    result = dict(result, auto_lr=tries)
+    ckpt.atomic_write_text(base / "result.json", json.dumps(result, indent=1) + "\n")
+    return result
 
 
 def derive(run_dir: str | Path) -> dict[str, Any]:

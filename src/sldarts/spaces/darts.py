@@ -176,14 +176,33 @@ class DartsSupernet(Supernet):
         })
         self.init_alphas(alpha_init)
 
-    def forward(self, x: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, weights: dict[str, Tensor] | None = None,
+                cell_weights: dict[int, Tensor] | None = None) -> Tensor:
+        """``cell_weights`` gives the c-th cell its own weight tensor (for dL/dp of one cell)."""
         w = weights or self.arch_weights()
         s0 = self.stem0(x)
         s1 = self.stem1(s0) if self.stem1 is not None else s0
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w["reduce"] if cell.reduction else w["normal"])
+        for c, cell in enumerate(self.cells):
+            cw = (cell_weights or {}).get(c, w["reduce"] if cell.reduction else w["normal"])
+            s0, s1 = s1, cell(s0, s1, cw)
         out = nn.functional.adaptive_avg_pool2d(s1, 1)
         return self.classifier(torch.flatten(out, 1))
+
+    def edge_nodes(self) -> list[tuple[int, int]]:
+        """(to, from) node of each α row; nodes 0, 1 are the cell inputs, 2..5 the intermediate nodes."""
+        return [(i + 2, j) for i in range(STEPS) for j in range(2 + i)]
+
+    def search_cells(self) -> list[tuple[nn.Module, str]]:
+        return [(c, "reduce" if c.reduction else "normal") for c in self.cells]
+
+    def op_params(self, cell: nn.Module) -> dict[tuple[int, str], list[tuple[nn.Parameter, slice]]]:
+        out: dict[tuple[int, str], list[tuple[nn.Parameter, slice]]] = {}
+        for e, mixed in enumerate(cell.edges):
+            for name, op in zip(OPS, mixed.ops, strict=True):
+                params = [(p, slice(None)) for p in op.parameters()]
+                if params:
+                    out[(e, name)] = params
+        return out
 
     def derive(self) -> Genotype:
         with torch.no_grad():

@@ -188,14 +188,45 @@ class NB201Supernet(Supernet):
         self.arch = nn.ParameterDict({"cell": nn.Parameter(torch.empty(len(EDGES), len(OPS)))})
         self.init_alphas(alpha_init)
 
-    def forward(self, x: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
-        """``weights`` (activated α) can be passed in, e.g. to take dL/dp directly."""
+    def forward(self, x: Tensor, weights: dict[str, Tensor] | None = None,
+                cell_weights: dict[int, Tensor] | None = None) -> Tensor:
+        """``weights`` (activated α) can be passed in; ``cell_weights`` gives the c-th search cell its own
+        tensor (same values), so that dL/dp can be taken for one cell (the paper's Figure 3)."""
         w = (weights or self.arch_weights())["cell"]
         x = self.stem(x)
+        c = 0
         for layer in self.layers:
-            x = layer(x, w) if isinstance(layer, (SearchCell, FusedSearchCell)) else layer(x)
+            if isinstance(layer, (SearchCell, FusedSearchCell)):
+                x = layer(x, (cell_weights or {}).get(c, w))
+                c += 1
+            else:
+                x = layer(x)
         x = self.lastact(x)
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    def edge_nodes(self) -> list[tuple[int, int]]:
+        """(to, from) node of each α row."""
+        return list(EDGES)
+
+    def search_cells(self) -> list[tuple[nn.Module, str]]:
+        """The search cells in order, each with the α key it uses."""
+        return [(m, "cell") for m in self.layers if isinstance(m, (SearchCell, FusedSearchCell))]
+
+    def op_params(self, cell: nn.Module) -> dict[tuple[int, str], list[tuple[nn.Parameter, slice]]]:
+        """Parameters W_i of each (edge, op) of a cell, as (tensor, slice of its first dim)."""
+        out: dict[tuple[int, str], list[tuple[nn.Parameter, slice]]] = {}
+        all_rows = slice(None)
+        for e, (j, i) in enumerate(EDGES):
+            if isinstance(cell, FusedSearchCell):
+                sl = slice((j - i - 1) * cell.c, (j - i) * cell.c)
+                out[(e, "nor_conv_1x1")] = [(cell.conv1[i].weight, sl), (cell.conv1[i].bias, sl)]
+                out[(e, "nor_conv_3x3")] = [(cell.conv3[i].weight, sl), (cell.conv3[i].bias, sl)]
+            else:
+                for name, op in zip(OPS, cell.edges[e].ops, strict=True):
+                    params = [(p, all_rows) for p in op.parameters()]
+                    if params:
+                        out[(e, name)] = params
+        return out
 
     def derive(self) -> str:
         with torch.no_grad():
