@@ -117,3 +117,32 @@ def test_bad_input_is_one_line_without_traceback(argv, needle, capsys, tmp_path)
 def test_python_m_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sldarts", "search", "space=nb202"], capture_output=True, text=True)
     assert r.returncode == 2 and "nb201" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "imagenet16-120", "imagefolder", "imagenet"])
+def test_search_on_each_data_format(tmp_path, tiny, dataset, monkeypatch):
+    import os
+
+    from datafiles import write_cifar10, write_cifar100, write_image_folder, write_imagenet16
+
+    monkeypatch.setenv("SLDARTS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    space, cells = "nb201", 1
+    if dataset == "cifar10":
+        write_cifar10(root)
+    elif dataset == "cifar100":
+        write_cifar100(root, n=16)
+    elif dataset == "imagenet16-120":
+        write_imagenet16(root / "ImageNet16", n=16)
+    elif dataset == "imagefolder":
+        write_image_folder(root, size=16)
+    else:  # the DARTS ImageNet search network: three stride-2 convs before the cells
+        write_image_folder(root, classes=("a", "b"), per_class=4, size=40)
+        os.rename(root / "test", root / "val")
+        space, cells = "darts", 2
+    cfg = SearchConfig(**dict(tiny, space=space, cells=cells, dataset=dataset, data_root=str(root), batch_size=8,
+                              workers=0, optim="bilevel" if dataset == "cifar10" else "single"))
+    res = search(cfg)
+    assert res["param_free_ratio"] >= 0
+    rows = [json.loads(line) for line in open(f"{tiny['out']}/metrics.jsonl")]
+    assert rows[-1]["train_loss"] > 0
