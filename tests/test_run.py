@@ -34,6 +34,7 @@ def test_every_combination_runs_and_writes_its_files(tiny, space, cells, optim, 
         assert len(rows[1]["weights"]["cell"]) == 6
     else:
         assert darts.check_genotype(res["genotype"]) == res["genotype"]
+        assert res["complexity"]["params"] > 1_000_000  # the C=36, 20-cell CIFAR evaluation network
         assert json.load(open(f"{run}/genotype.json")) == res["genotype"]
         assert set(rows[1]["alphas"]) == {"normal", "reduce"}
     assert 0 <= res["param_free_ratio"] <= 1

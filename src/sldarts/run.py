@@ -45,6 +45,17 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append one JSON line; a full disk is a clear error (the torn line is ignored when read back)."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+    except OSError as exc:
+        raise SldartsError(f"cannot write {path} ({exc.strerror}); free space and resume=true "
+                           "(the last checkpoint is intact)") from None
+
+
 def prepare_run_dir(cfg: Any, default: Path, main: bool = True) -> tuple[Path, bool]:
     """Create or check the run directory. Returns (path, resume requested and allowed)."""
     out = Path(cfg.out) if cfg.out else default
@@ -197,8 +208,7 @@ class EpochRun:
             row["skipped_steps"] = self.skipped_steps
         row.update(seconds=round(seconds, 3), eval_seconds=round(time.time() - t0, 3))
         if self.dist.main:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_line(self.out / "metrics.jsonl", json.dumps(row))
         return row
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002

@@ -151,12 +151,24 @@ class SearchRun(EpochRun):
                                "seconds": round(seconds, 1)}
         if self.benchmark is not None:
             out["benchmark"] = self.benchmark.query(arch)
+        if self.dist.main:
+            out["complexity"] = self._complexity(arch)
         if ratio > cfg.param_free_threshold:
             out["warning"] = (
                 f"parameter-free ratio {ratio:.2f} exceeds {cfg.param_free_threshold}: the search may have "
                 f"collapsed; the paper advises a lower weight learning rate (lr={cfg.lr:g} now, try "
                 f"lr={cfg.lr / 5:g})")
         return out
+
+    def _complexity(self, arch: Any) -> dict[str, Any]:
+        """Params and MACs of the derived cell's evaluation network (DARTS: C=36/20 cells on CIFAR-size
+        data sets, C=48/14 cells on ImageNet; NB201: the benchmark's network)."""
+        from sldarts.evaluate.complexity import DATASETS, complexity
+
+        ds = self.cfg.dataset if self.cfg.dataset in DATASETS else "cifar10"
+        if self.cfg.space == "nb201" and ds == "imagenet":
+            ds = "imagenet16-120"
+        return {"dataset": ds, **complexity(self.cfg.space, arch, ds)}
 
     def artifacts(self, result: dict[str, Any]) -> dict[str, str]:
         if self.cfg.space == "darts":
