@@ -23,7 +23,7 @@ from sldarts.strategies import make_optimizers, make_strategy
 
 MODES = {"single": dict(optim="single"), "bilevel1": dict(optim="bilevel", order=1),
          "bilevel2": dict(optim="bilevel", order=2)}
-IMPLS = {"nb201": ("reference", "fused"), "darts": ("reference",)}
+IMPLS = {"nb201": ("reference", "fused"), "darts": ("reference", "fused")}
 
 
 @contextmanager
@@ -55,7 +55,7 @@ def _state_bytes(model: torch.nn.Module, opts) -> int:
 
 def bench_row(space: str, mode: str, impl: str, batch_size: int, device: torch.device, repeats: int,
               image: int = 32, channels: int = 16, cells: int = 0) -> dict[str, Any]:
-    cfg = SearchConfig(space=space, impl=impl if space == "nb201" else "fused", batch_size=batch_size,
+    cfg = SearchConfig(space=space, impl=impl, batch_size=batch_size,
                        channels=channels, cells=cells, **MODES[mode])
     torch.manual_seed(0)
     model = build_supernet(cfg, 10, 3).to(device)

@@ -17,7 +17,7 @@ def build_supernet(cfg: SearchConfig, num_classes: int, in_channels: int) -> Sup
     from sldarts.spaces.darts import DartsSupernet
 
     return DartsSupernet(cfg.channels, cfg.num_cells, num_classes, in_channels, act, cfg.alpha_init,
-                         cfg.bn_track_stats, imagenet=cfg.dataset == "imagenet")
+                         cfg.bn_track_stats, imagenet=cfg.dataset == "imagenet", impl=cfg.impl)
 
 
 __all__ = ["Supernet", "build_supernet"]

@@ -94,10 +94,29 @@ def load_genotype(path: str | Path) -> Genotype:
     return check_genotype(data, str(p))
 
 
+def _after_relu(op: nn.Module, r: Tensor) -> Tensor:
+    """Run a conv op (SepConv, DilConv, FactorizedReduce) on an input that is already ReLU-ed."""
+    if isinstance(op, FactorizedReduce):
+        y = nn.functional.pad(r[:, :, 1:, 1:], (0, r.shape[-1] % 2, 0, r.shape[-2] % 2))
+        return op.bn(torch.cat([op.conv_1(r), op.conv_2(y)], dim=1))
+    first, rest = (op[0], [op[1]]) if isinstance(op[0], nn.Sequential) else (op, [])
+    for m in list(first)[1:]:  # skip the leading ReLU
+        r = m(r)
+    for m in rest:
+        r = m(r)
+    return r
+
+
 class SearchCell(nn.Module):
-    def __init__(self, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool, track: bool) -> None:
+    """DARTS supernet cell. ``fused=True`` computes the same function with less work: one ReLU per
+    input state shared by every conv op of every edge that reads it, and each pooling (+ its non-affine
+    BN, whose output depends only on the input) once per input state instead of once per edge."""
+
+    def __init__(self, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool, track: bool,
+                 fused: bool = False) -> None:
         super().__init__()
         self.reduction = reduction
+        self.fused = fused
         self.pre0 = (FactorizedReduce(c_pp, c, False, track) if reduction_prev
                      else ReLUConvBN(c_pp, c, 1, 1, 0, False, track))
         self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0, False, track)
@@ -116,14 +135,44 @@ class SearchCell(nn.Module):
 
     def forward(self, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
         states = [self.pre0(s0), self.pre1(s1)]
+        edge = self._fused_edge if self.fused else (lambda e, j, st, w, cache: self.edges[e](st[j], w))
+        cache: dict = {}
         e = 0
         for _ in range(STEPS):
-            s = self.edges[e](states[0], weights[e])
+            s = edge(e, 0, states, weights[e], cache)
             for j in range(1, len(states)):
-                s = s + self.edges[e + j](states[j], weights[e + j])
+                s = s + edge(e + j, j, states, weights[e + j], cache)
             e += len(states)
             states.append(s)
         return torch.cat(states[-STEPS:], dim=1)
+
+    def _fused_edge(self, e: int, j: int, states: list[Tensor], w: Tensor, cache: dict) -> Tensor:
+        mixed = self.edges[e]
+        x = states[j]
+        out = None
+        for k in mixed._live:
+            name, op = mixed.names[k], mixed.ops[k]
+            if "pool" in name:
+                key = (j, name)
+                if key not in cache:
+                    cache[key] = (op(x), op[1])
+                else:  # same input, same output; keep this edge's BN statistics equal to the reference's
+                    first = cache[key][1]
+                    if op[1].running_mean is not None and self.training:
+                        with torch.no_grad():
+                            op[1].running_mean.copy_(first.running_mean)
+                            op[1].running_var.copy_(first.running_var)
+                            op[1].num_batches_tracked.copy_(first.num_batches_tracked)
+                y = cache[key][0]
+            elif isinstance(op, nn.Identity):
+                y = x
+            else:
+                if ("relu", j) not in cache:
+                    cache[("relu", j)] = torch.relu(x)
+                y = _after_relu(op, cache[("relu", j)])
+            y = w[k] * y
+            out = y if out is None else out + y
+        return out if out is not None else mixed.ops[0](x)
 
 
 class DartsSupernet(Supernet):
@@ -137,7 +186,8 @@ class DartsSupernet(Supernet):
 
     def __init__(self, channels: int = 16, layers: int = 8, num_classes: int = 10, in_channels: int = 3,
                  activation: Activation | None = None, alpha_init: float | None = None,
-                 track_running_stats: bool = True, imagenet: bool = False, stem_multiplier: int = 3) -> None:
+                 track_running_stats: bool = True, imagenet: bool = False, stem_multiplier: int = 3,
+                 impl: str = "fused") -> None:
         super().__init__()
         from sldarts.activations import Softmax
 
@@ -165,7 +215,8 @@ class DartsSupernet(Supernet):
             reduction = i in reductions
             if reduction:
                 c_cur *= 2
-            cells.append(SearchCell(c_pp, c_p, c_cur, reduction, reduction_prev, track_running_stats))
+            cells.append(SearchCell(c_pp, c_p, c_cur, reduction, reduction_prev, track_running_stats,
+                                    fused=impl == "fused"))
             reduction_prev = reduction
             c_pp, c_p = c_p, STEPS * c_cur
         self.cells = nn.ModuleList(cells)
