@@ -58,44 +58,20 @@ def _retrain(args: argparse.Namespace) -> int:
 
 def _complexity(args: argparse.Namespace) -> int:
     from sldarts.evaluate.complexity import complexity
+    from sldarts.search_run import resolve_cell
 
-    if args.space == "darts":
-        from sldarts.spaces.genotypes import resolve_genotype
-
-        if not args.genotype:
-            raise SldartsError("complexity --space darts needs --genotype NAME_OR_FILE")
-        arch = resolve_genotype(args.genotype)
-    else:
-        from sldarts.spaces.nb201 import parse_arch
-
-        if not args.arch:
-            raise SldartsError("complexity --space nb201 needs --arch STRING")
-        parse_arch(args.arch)
-        arch = args.arch
-    print(json.dumps(complexity(args.space, arch, args.dataset, args.channels, args.layers)))
+    space, arch = resolve_cell(None, args.genotype, args.arch)
+    if space != args.space:
+        raise SldartsError(f"--space {args.space} needs " + ("--genotype" if args.space == "darts" else "--arch"))
+    print(json.dumps(complexity(space, arch, args.dataset, args.channels, args.layers)))
     return 0
 
 
 def _plot(args: argparse.Namespace) -> int:
     from sldarts.plot import plot_cells
+    from sldarts.search_run import resolve_cell
 
-    if args.run_dir:
-        from sldarts.search_run import derive
-
-        d = derive(args.run_dir)
-        space, arch = d["space"], d.get("arch", d.get("genotype"))
-    elif args.genotype:
-        from sldarts.spaces.genotypes import resolve_genotype
-
-        space, arch = "darts", resolve_genotype(args.genotype)
-    elif args.arch:
-        from sldarts.spaces.nb201 import parse_arch
-
-        parse_arch(args.arch)
-        space, arch = "nb201", args.arch
-    else:
-        raise SldartsError("plot needs a run directory, --genotype NAME_OR_FILE or --arch STRING")
-    for path in plot_cells(space, arch, args.out):
+    for path in plot_cells(*resolve_cell(args.run_dir, args.genotype, args.arch), args.out):
         print(path)
     return 0
 
@@ -104,17 +80,12 @@ def _lookup(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sldarts.lookup import open_benchmark, table3
-    from sldarts.spaces.nb201 import parse_arch
+    from sldarts.search_run import resolve_cell
 
-    target = args.target
-    if Path(target).is_dir():
-        from sldarts.search_run import derive
-
-        d = derive(target)
-        if d["space"] != "nb201":
-            raise SldartsError(f"{target} searched the {d['space']} space; look-ups need an NB201 run")
-        target = d["arch"]
-    parse_arch(target)
+    is_run = Path(args.target).is_dir()
+    space, target = resolve_cell(args.target if is_run else None, None, None if is_run else args.target)
+    if space != "nb201":
+        raise SldartsError(f"{args.target} searched the {space} space; look-ups need an NB201 run")
     bench = open_benchmark(args.benchmark)
     row = bench.query(target)
     if args.table:

@@ -59,14 +59,35 @@ class ConfigBase:
                     raise SldartsError(f"config: {f.name}={value} is out of range: must be <= {hi}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        """Plain values, the run options (seed, device, files...) last so config.yaml reads top-down."""
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        tail = [f.name for f in dataclasses.fields(RunOptions)] if isinstance(self, RunOptions) else []
+        return {**{k: v for k, v in d.items() if k not in tail}, **{k: d[k] for k in tail}}
 
     def replace(self, **changes: Any):
         return load_config(None, changes, base=self.to_dict(), schema=type(self))
 
 
 @dataclass
-class SearchConfig(ConfigBase):
+class RunOptions(ConfigBase):
+    """How a run executes (shared by search and retraining): seed, device, files, progress, faults."""
+
+    seed: int = field(default=0, metadata=_range(0))
+    deterministic: bool = False
+    device: str = "auto"
+    amp: str = field(default="none", metadata=_choice(*AMP))
+    workers: int = field(default=4, metadata=_range(0))
+    threads: int = field(default=0, metadata=_range(0))
+    log_every: int = field(default=20, metadata=_range(1))
+    progress: str = field(default="auto", metadata=_choice(*PROGRESS))
+    out: str = ""
+    resume: bool = False
+    overwrite: bool = False
+    nan_policy: str = field(default="stop", metadata=_choice("stop", "skip"))
+
+
+@dataclass
+class SearchConfig(RunOptions):
     """All settings of one search; defaults follow the paper (Sec. 4.1, 4.2)."""
 
     space: str = field(default="nb201", metadata=_choice(*SPACES))
@@ -101,7 +122,6 @@ class SearchConfig(ConfigBase):
     bn_track_stats: bool = True
     impl: str = field(default="fused", metadata=_choice("fused", "reference"))
     param_free_threshold: float = field(default=0.3, metadata=_range(0, 1))
-    nan_policy: str = field(default="stop", metadata=_choice("stop", "skip"))
     analysis: bool = False  # record gradient correlation, dL/dp and weights to analysis.jsonl
     analysis_every: int = field(default=10, metadata=_range(1))
     analysis_cells: str = "first,middle,last"
@@ -109,17 +129,6 @@ class SearchConfig(ConfigBase):
     auto_lr_factor: float = field(default=5.0, metadata=_range(1, lo_open=True))
     auto_lr_tries: int = field(default=3, metadata=_range(1))
     benchmark: str = ""  # NB201 benchmark file for per-epoch look-ups ($SLDARTS_NB201 if empty)
-    seed: int = field(default=0, metadata=_range(0))
-    deterministic: bool = False
-    device: str = "auto"
-    amp: str = field(default="none", metadata=_choice(*AMP))
-    workers: int = field(default=4, metadata=_range(0))
-    threads: int = field(default=0, metadata=_range(0))
-    log_every: int = field(default=20, metadata=_range(1))
-    progress: str = field(default="auto", metadata=_choice(*PROGRESS))
-    out: str = ""
-    resume: bool = False
-    overwrite: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -270,7 +279,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class RetrainConfig(ConfigBase):
+class RetrainConfig(RunOptions):
     """Retraining a derived cell from scratch; ``recipe`` sets the defaults, every key overridable."""
 
     recipe: str = field(default="darts-cifar", metadata=_choice(*RECIPES))
@@ -293,23 +302,11 @@ class RetrainConfig(ConfigBase):
     cutout: int = field(default=16, metadata=_range(0))
     color_jitter: float = field(default=0.0, metadata=_range(0, 1))
     image_size: int = field(default=224, metadata=_range(8))  # ImageNet crops
-    nan_policy: str = field(default="stop", metadata=_choice("stop", "skip"))
     grad_clip: float = field(default=5.0, metadata=_range(0))
     channels: int = field(default=36, metadata=_range(1))
     cells: int = field(default=20, metadata=_range(1))
     train_samples: int = field(default=0, metadata=_range(0))
     eval_samples: int = field(default=0, metadata=_range(0))
-    seed: int = field(default=0, metadata=_range(0))
-    deterministic: bool = False
-    device: str = "auto"
-    amp: str = field(default="none", metadata=_choice(*AMP))
-    workers: int = field(default=4, metadata=_range(0))
-    threads: int = field(default=0, metadata=_range(0))
-    log_every: int = field(default=20, metadata=_range(1))
-    progress: str = field(default="auto", metadata=_choice(*PROGRESS))
-    out: str = ""
-    resume: bool = False
-    overwrite: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

@@ -234,3 +234,21 @@ def derive(run_dir: str | Path) -> dict[str, Any]:
     key = arch_key(space)
     return {"space": space, key: rows[-1][key], "param_free_ratio": rows[-1]["param_free_ratio"],
             "epoch": rows[-1]["epoch"], "finished": False}
+
+
+def resolve_cell(run_dir: str | Path | None = None, genotype: str | None = None,
+                 arch: str | None = None) -> tuple[str, Any]:
+    """(space, cell) from exactly one of: a search run directory, a DARTS genotype name or JSON file,
+    an NB201 arch string."""
+    if sum(bool(v) for v in (run_dir, genotype, arch)) != 1:
+        raise SldartsError("give exactly one of a run directory, --genotype NAME_OR_FILE or --arch STRING")
+    if run_dir:
+        d = derive(run_dir)
+        return d["space"], d.get("arch", d.get("genotype"))
+    if genotype:
+        from sldarts.spaces.genotypes import resolve_genotype
+
+        return "darts", resolve_genotype(genotype)
+    from sldarts.spaces.nb201 import format_arch, parse_arch
+
+    return "nb201", format_arch(parse_arch(str(arch)))

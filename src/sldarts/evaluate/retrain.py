@@ -13,22 +13,13 @@ from sldarts.config import RetrainConfig
 from sldarts.data import build_train_data
 from sldarts.evaluate.complexity import count_macs, count_params
 from sldarts.run import EpochRun
-from sldarts.search_run import accuracy, autocast_for, derive
+from sldarts.search_run import accuracy, autocast_for, resolve_cell
 from sldarts.strategies import StepOutput, all_finite, skipped_step
 
 
 def resolve_architecture(cfg: RetrainConfig) -> tuple[str, Any]:
     """(space, arch string or genotype) from a run directory, a genotype name/file or an arch string."""
-    if cfg.source_run:
-        d = derive(cfg.source_run)
-        return d["space"], d.get("arch", d.get("genotype"))
-    if cfg.genotype:
-        from sldarts.spaces.genotypes import resolve_genotype
-
-        return "darts", resolve_genotype(cfg.genotype)
-    from sldarts.spaces.nb201 import format_arch, parse_arch
-
-    return "nb201", format_arch(parse_arch(cfg.arch))
+    return resolve_cell(cfg.source_run, cfg.genotype, cfg.arch)
 
 
 def lr_lambda(epochs: int, warmup: int, schedule: str):
