@@ -115,9 +115,11 @@ class Probe:
         return {f"cell{c}": {self._edge_name(e): dict(zip(names, row.tolist(), strict=True))
                              for e, row in enumerate(g.detach().cpu())} for c, g in dldp.items()}
 
-    def record(self, epoch: int, step: int, global_step: int, w_batch: Batch, a_batch: Batch | None) -> dict:
+    def record(self, epoch: int, step: int, global_step: int, w_batch: Batch, a_batch: Batch | None,
+               steps_per_epoch: int = 0) -> dict:
         t0 = time.perf_counter()
-        row = {"epoch": epoch, "step": step, "global_step": global_step, **self.measure(w_batch, a_batch)}
+        row = {"epoch": epoch, "step": step, "global_step": global_step,
+               "t": global_step / steps_per_epoch if steps_per_epoch else None, **self.measure(w_batch, a_batch)}
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")

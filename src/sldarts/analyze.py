@@ -47,10 +47,18 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
     return paths
 
 
+def _x(rows: list[dict[str, Any]]) -> tuple[list[float], str]:
+    """Training progress in epochs (comparable across bi-level and single-level runs), else steps."""
+    if rows and rows[0].get("t") is not None:
+        return [r["t"] for r in rows], "epoch"
+    return [r["global_step"] for r in rows], "step"
+
+
 def _trajectories(run: dict[str, Any]) -> tuple[list[float], list[dict[str, Any]], str]:
     """(x values, weight dicts, x label): every analysis row if present, else one per epoch."""
     if run["analysis"]:
-        return [r["global_step"] for r in run["analysis"]], [r["weights"] for r in run["analysis"]], "step"
+        xs, label = _x(run["analysis"])
+        return xs, [r["weights"] for r in run["analysis"]], label
     return [r["epoch"] for r in run["metrics"]], [r["weights"] for r in run["metrics"]], "epoch"
 
 
@@ -112,12 +120,12 @@ def fig_correlation(runs: list[dict[str, Any]], out: Path) -> list[Path]:
             if cell not in r["analysis"][0]["corr"]:
                 continue
             ls = "--" if r["config"].get("optim") == "single" else "-"
-            xs = [a["global_step"] for a in r["analysis"]]
+            xs, xlabel = _x(r["analysis"])
             for node in r["analysis"][0]["corr"][cell]["nodes"]:
                 ax.plot(xs, [a["corr"][cell]["nodes"][node][0] for a in r["analysis"]], ls=ls,
                         label=f"{r['name']} node {node}")
         ax.set_title(f"gradient correlation (eq. 13), {cell}", fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.set_yscale("symlog", linthresh=1e-6)
     axes[0][0].legend(fontsize=6)
     paths = _save(fig, out, "correlation")
@@ -136,14 +144,14 @@ def fig_dldp(run: dict[str, Any], out: Path) -> list[Path]:
     last_node = max(int(e.split("<-")[0]) for e in edges)
     edges = [e for e in edges if int(e.split("<-")[0]) == last_node]
     fig, axes = plt.subplots(1, len(edges), figsize=(4.5 * len(edges), 3.4), squeeze=False)
-    xs = [a["global_step"] for a in run["analysis"]]
+    xs, xlabel = _x(run["analysis"])
     for i, e in enumerate(edges):
         ax = axes[0][i]
         for op in dl[last][e]:
             ax.plot(xs, [a["dldp"][last][e][op] for a in run["analysis"]], ls="--" if op in PARAM_FREE else "-",
                     label=op)
         ax.set_title(f"dL/dp, {last}, edge {e}", fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(run["label"], fontsize=10)
     paths = _save(fig, out, f"dldp_{run['name']}")

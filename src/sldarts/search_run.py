@@ -113,7 +113,8 @@ class SearchRun(EpochRun):
         arch_batch = self._arch_batch
         if self.probe is not None and self._gstep % self.cfg.analysis_every == 0:
             a = arch_batch() if arch_batch is not None else None  # the α batch this very step will use
-            self.probe.record(self.epoch + 1, self.step_in_epoch + 1, self._gstep, (x, y), a)
+            self.probe.record(self.epoch + 1, self.step_in_epoch + 1, self._gstep, (x, y), a,
+                              len(self.train_loader))
             if a is not None:
                 arch_batch = lambda: a  # noqa: E731
         self._gstep += 1
