@@ -318,7 +318,9 @@ class RetrainConfig(RunOptions):
 def load_retrain_config(path: str | Path | None, overrides: dict[str, Any]) -> RetrainConfig:
     """Defaults < recipe < YAML file < overrides; the recipe may be named in the file or the overrides."""
     file_values = read_yaml(path) if path is not None else {}
-    recipe = overrides.get("recipe", file_values.get("recipe", "darts-cifar"))
+    merged = {**file_values, **overrides}
+    default = "nb201" if merged.get("arch") else "darts-cifar"  # an NB201 arch string: the benchmark's recipe
+    recipe = merged.get("recipe", default)
     if recipe not in RECIPES:
         raise SldartsError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}"
                            + _suggest(str(recipe), RECIPES))
