@@ -24,7 +24,7 @@ OPTIMS = ("single", "bilevel")
 ARCH_DATA = ("valid", "train")
 ARCH_OPTIMIZERS = ("adam", "sgd")
 PROGRESS = ("auto", "bar", "lines", "none")
-AMP = ("none", "bf16", "fp16")
+AMP = ("none", "bf16")  # bf16 needs no loss scaling; fp16 would, so it is not offered
 
 
 def _choice(*options: str) -> dict:

@@ -27,7 +27,7 @@ def arch_key(space: str) -> str:
 
 
 def autocast_for(amp: str, device: torch.device):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    dtype = {"bf16": torch.bfloat16}.get(amp)
     return partial(torch.autocast, device.type, dtype=dtype) if dtype is not None else nullcontext
 
 
