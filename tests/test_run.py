@@ -147,3 +147,8 @@ def test_search_on_each_data_format(tmp_path, tiny, dataset, monkeypatch):
     assert res["param_free_ratio"] >= 0
     rows = [json.loads(line) for line in open(f"{tiny['out']}/metrics.jsonl")]
     assert rows[-1]["train_loss"] > 0
+
+
+def test_bf16_autocast_runs(tiny):
+    res = search(SearchConfig(**dict(tiny, cells=1, amp="bf16", optim="bilevel", order=2)))
+    assert res["arch"] and res["valid_acc"] is not None
