@@ -90,18 +90,33 @@ def bench_row(space: str, mode: str, impl: str, batch_size: int, device: torch.d
             "median_s": statistics.median(times), "peak_mem_mb": peak / 2**20}
 
 
+def peak_rss_mb(space: str, mode: str, impl: str, batch_size: int, image: int, channels: int) -> float:
+    """Peak resident memory of a fresh process that builds the supernet and runs two steps (CPU): the
+    whole-process number the baseline's "3.9 GB" is. Includes the Python/PyTorch runtime (~0.3 GB)."""
+    import subprocess
+    import sys
+
+    code = (f"import resource, torch, sldarts.bench as b; torch.set_num_threads({torch.get_num_threads()}); "
+            f"b.bench_row({space!r}, {mode!r}, {impl!r}, {batch_size}, torch.device('cpu'), 1, {image}, {channels}); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024.0
+
+
 def run_bench(spaces=("nb201", "darts"), modes=("single", "bilevel1", "bilevel2"), batch_size: int = 64,
               device: str = "cpu", repeats: int = 3, image: int = 32, channels: int = 16,
-              cells: int = 0, progress=print) -> dict[str, Any]:
+              cells: int = 0, progress=print, rss: bool = False) -> dict[str, Any]:
     dev = torch.device(device)
     rows = []
     for space in spaces:
         for mode in modes:
             for impl in IMPLS[space]:
                 row = bench_row(space, mode, impl, batch_size, dev, repeats, image, channels, cells)
+                if rss and dev.type == "cpu":
+                    row["peak_rss_mb"] = peak_rss_mb(space, mode, impl, batch_size, image, channels)
                 rows.append(row)
                 progress(f"{space:6s} {mode:9s} {row['impl']:10s} {row['median_s']:8.3f} s "
-                         f"{row['peak_mem_mb']:9.1f} MB")
+                         f"{row['peak_mem_mb']:9.1f} MB" + (f" rss {row['peak_rss_mb']:.0f} MB" if rss else ""))
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(dev),
                "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
@@ -112,14 +127,16 @@ def run_bench(spaces=("nb201", "darts"), modes=("single", "bilevel1", "bilevel2"
 def table(result: dict[str, Any]) -> str:
     """Markdown table with each optimised row's ratio against the reference of the same space and mode."""
     ref = {(r["space"], r["mode"]): r for r in result["rows"] if r["impl"] == "reference"}
-    lines = ["| space | mode | impl | median s/step | peak MB | time vs reference | memory vs reference |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    rss = any("peak_rss_mb" in r for r in result["rows"])
+    lines = ["| space | mode | impl | median s/step | peak MB | time vs reference | memory vs reference |"
+             + (" process peak RSS MB |" if rss else ""),
+             "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if rss else "")]
     for r in result["rows"]:
         base = ref.get((r["space"], r["mode"]))
         tr = f"{r['median_s'] / base['median_s']:.2f}x" if base else "-"
         mr = f"{r['peak_mem_mb'] / base['peak_mem_mb']:.2f}x" if base else "-"
         lines.append(f"| {r['space']} | {r['mode']} | {r['impl']} | {r['median_s']:.3f} | "
-                     f"{r['peak_mem_mb']:.0f} | {tr} | {mr} |")
+                     f"{r['peak_mem_mb']:.0f} | {tr} | {mr} |" + (f" {r.get('peak_rss_mb', 0):.0f} |" if rss else ""))
     return "\n".join(lines)
 
 

@@ -133,7 +133,7 @@ def _bench(args: argparse.Namespace) -> int:
     spaces = [args.space] if args.space else ["nb201", "darts"]
     modes = args.modes.split(",")
     res = run_bench(spaces, modes, args.batch_size, args.device, args.repeats, args.image, args.channels,
-                    progress=lambda s: print(s, file=sys.stderr))
+                    progress=lambda s: print(s, file=sys.stderr), rss=args.rss)
     if args.out:
         dump(res, args.out)
     print(table(res))
@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--image", type=int, default=32, help="input side in pixels")
     b.add_argument("--channels", type=int, default=16)
+    b.add_argument("--rss", action="store_true", help="CPU: also the peak RSS of a fresh process per row")
     b.add_argument("--out", help="write the JSON result here")
     b.set_defaults(func=_bench)
     return p
