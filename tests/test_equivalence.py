@@ -20,22 +20,30 @@ def pair(seed=0, **kw):
     return ref, fused
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_fused_matches_reference_outputs_and_gradients(train):
-    ref, fused = pair(channels=4, cells=2, num_classes=10)
-    ref.train(train)
-    fused.train(train)
-    x = torch.randn(8, 3, 16, 16)
-    y = torch.randint(0, 10, (8,))
+def rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def run_both(models, train, batch, grads_of):
+    """Forward + backward of each model on the same batch: (outputs, [grads_of(model) ...])."""
+    x = torch.randn(batch, 3, 16, 16)
+    y = torch.randint(0, 10, (batch,))
     outs, grads = [], []
-    for m in (ref, fused):
+    for m in models:
+        m.train(train)
         out = m(x)
         torch.nn.functional.cross_entropy(out, y).backward()
         outs.append(out.detach())
-        grads.append(m.arch["cell"].grad.clone())
-    rel = lambda a, b: ((a - b).norm() / b.norm()).item()
+        grads.append([g.clone() for g in grads_of(m)])
+    return outs, grads
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_matches_reference_outputs_and_gradients(train):
+    ref, fused = pair(channels=4, cells=2, num_classes=10)
+    outs, grads = run_both((ref, fused), train, 8, lambda m: [m.arch["cell"].grad])
     assert rel(outs[1], outs[0]) < 1e-5
-    assert rel(grads[1], grads[0]) < 1e-5
+    assert rel(grads[1][0], grads[0][0]) < 1e-5
     # weight gradients: the fused stem and classifier see the same upstream gradient
     assert rel(fused.stem[0].weight.grad, ref.stem[0].weight.grad) < 1e-5
     assert rel(fused.classifier.weight.grad, ref.classifier.weight.grad) < 1e-5
@@ -64,17 +72,8 @@ def test_fused_darts_cell_matches_reference(train):
         for a, b in zip(ref.alphas(), fused.alphas()):
             a.normal_(0, 1)
             b.copy_(a)
-    ref.train(train)
-    fused.train(train)
-    x = torch.randn(6, 3, 16, 16)
-    y = torch.randint(0, 10, (6,))
-    outs, grads = [], []
-    for m in (ref, fused):
-        out = m(x)
-        torch.nn.functional.cross_entropy(out, y).backward()
-        outs.append(out.detach())
-        grads.append([a.grad.clone() for a in m.alphas()] + [p.grad.clone() for p in m.weights()])
-    rel = lambda a, b: ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+    grads_of = lambda m: [a.grad for a in m.alphas()] + [p.grad for p in m.weights()]  # noqa: E731
+    outs, grads = run_both((ref, fused), train, 6, grads_of)
     assert rel(outs[1], outs[0]) < 1e-5
     for g_f, g_r in zip(grads[1], grads[0]):
         assert rel(g_f, g_r) < 1e-5

@@ -185,22 +185,16 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 return value.lower() in ("true", "yes", "1")
             if isinstance(value, int) and value in (0, 1):
                 return bool(value)
-        elif kind is int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-            if isinstance(value, float) and value.is_integer():
+        elif kind in (int, float):
+            if isinstance(value, bool):
+                continue
+            if kind is int and isinstance(value, float) and value.is_integer():
                 return int(value)
+            if isinstance(value, kind) or (kind is float and isinstance(value, int)):
+                return kind(value)
             if isinstance(value, str):
                 try:
-                    return int(value)
-                except ValueError:
-                    pass
-        elif kind is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-            if isinstance(value, str):
-                try:
-                    return float(value)
+                    return kind(value)
                 except ValueError:
                     pass
         elif kind is str:
