@@ -152,3 +152,13 @@ def test_search_on_each_data_format(tmp_path, tiny, dataset, monkeypatch):
 def test_bf16_autocast_runs(tiny):
     res = search(SearchConfig(**dict(tiny, cells=1, amp="bf16", optim="bilevel", order=2)))
     assert res["arch"] and res["valid_acc"] is not None
+
+
+def test_collapse_warning_and_plain_progress_lines(tiny, monkeypatch, capsys):
+    monkeypatch.setattr(nb201.NB201Supernet, "param_free_ratio", lambda self, arch: 0.5)
+    res = search(SearchConfig(**dict(tiny, cells=1, progress="lines", log_every=2)))
+    assert "exceeds 0.3" in res["warning"] and "lower weight learning rate" in res["warning"]
+    err = capsys.readouterr().err
+    assert "epoch 1/1 step 2/" in err and "warning: parameter-free ratio 0.50" in err
+    log = open(f"{tiny['out']}/log.txt").read()
+    assert "epoch 1/1 loss" in log and "\r" not in log
