@@ -20,6 +20,7 @@ from sldarts.spaces.ops import NB201_OPS, ResNetBasicBlock
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), in arch-string order
 NODES = 4
+_SKIP, _CONV1, _CONV3, _POOL = (OPS.index(n) for n in ("skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"))
 
 _NODE_RE = re.compile(r"^\|(?:[a-z0-9_]+~\d+\|)+$")
 
@@ -108,8 +109,7 @@ class FusedSearchCell(nn.Module):
         self._edge = {pair: e for e, pair in enumerate(EDGES)}
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
-        skip, conv1, conv3, pool = (OPS.index(n) for n in ("skip_connect", "nor_conv_1x1", "nor_conv_3x3",
-                                                            "avg_pool_3x3"))
+        skip, conv1, conv3, pool = _SKIP, _CONV1, _CONV3, _POOL
         nodes = [x]
         acc: list[Tensor | None] = [None] * NODES
         for i in range(NODES - 1):
