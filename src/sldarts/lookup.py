@@ -49,8 +49,19 @@ class Benchmark:
     def query(self, arch: str) -> dict[str, Any]:
         raise NotImplementedError
 
-    def optimal(self) -> dict[str, Any]:
+    def archs(self) -> list[str]:
         raise NotImplementedError
+
+    def optimal(self) -> dict[str, Any]:
+        """The best valid / test accuracy in the benchmark for each data set (the tables' last row)."""
+        results = [self.query(a) for a in self.archs()]
+        out: dict[str, Any] = {"index": None, "arch": "optimal"}
+        for d in DATASETS:
+            out[d] = {}
+            for s in SPLITS:
+                vals = [r[d][s] for r in results if r[d][s] is not None]
+                out[d][s] = max(vals) if vals else None
+        return out
 
 
 class CsvBenchmark(Benchmark):
@@ -89,14 +100,8 @@ class CsvBenchmark(Benchmark):
             out[d] = {s: self._value(row, (d, s)) for s in SPLITS}
         return out
 
-    def optimal(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"index": None, "arch": "optimal"}
-        for d in DATASETS:
-            out[d] = {}
-            for s in SPLITS:
-                vals = [v for v in (self._value(r, (d, s)) for r in self.rows.values()) if v is not None]
-                out[d][s] = max(vals) if vals else None
-        return out
+    def archs(self) -> list[str]:
+        return list(self.rows)
 
 
 class ApiBenchmark(Benchmark):
@@ -124,15 +129,8 @@ class ApiBenchmark(Benchmark):
             out[d] = {s: self._get(index, (d, s)) for s in SPLITS}
         return out
 
-    def optimal(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"index": None, "arch": "optimal"}
-        results = [self.query(a) for a in self.api.meta_archs]
-        for d in DATASETS:
-            out[d] = {}
-            for s in SPLITS:
-                vals = [r[d][s] for r in results if r[d][s] is not None]
-                out[d][s] = max(vals) if vals else None
-        return out
+    def archs(self) -> list[str]:
+        return list(self.api.meta_archs)
 
 
 def open_benchmark(path: str | Path | None) -> Benchmark:

@@ -76,6 +76,24 @@ def _subset(data: ArrayData, idx: np.ndarray) -> ArrayData:
     return ArrayData(data.x[idx], data.y[idx])
 
 
+def _per_rank(cfg, device: torch.device, rank: int, world: int) -> tuple[int, dict]:
+    """This rank's share of the global batch, and the loader arguments every loader takes."""
+    bs = cfg.batch_size // world if world > 1 else cfg.batch_size
+    if bs < 1:
+        raise SldartsError(f"batch_size={cfg.batch_size} is smaller than the {world} processes; raise it")
+    return bs, dict(device=device, seed=cfg.seed, rank=rank, world=world, channels_last=device.type == "cuda")
+
+
+def _imagenet_folders(cfg) -> tuple[list, list, list, list, DatasetInfo]:
+    """ImageNet-style tree: (train files, labels, val files capped by eval_samples, labels, info)."""
+    root = Path(cfg.data_root)
+    files, labels, classes = list_image_folder(root / "train")
+    vfiles, vlabels, _ = list_image_folder(root / "val" if (root / "val").is_dir() else root / "test")
+    keep = _fixed_order(len(vfiles))[:cfg.eval_samples or None]
+    info = DatasetInfo("imagenet", len(classes), 3, IN_MEAN, IN_STD, pad=0, flip=True)
+    return files, labels, [vfiles[i] for i in keep], [vlabels[i] for i in keep], info
+
+
 def split_indices(n: int, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray | None]:
     """Indices of the w-batches and α-batches (None: α uses the w data, in its own order)."""
     order = _fixed_order(n)
@@ -91,10 +109,7 @@ def split_indices(n: int, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray | N
 
 
 def build_search_data(cfg: SearchConfig, device: torch.device, rank: int = 0, world: int = 1) -> SearchData:
-    bs = cfg.batch_size // world if world > 1 else cfg.batch_size
-    if bs < 1:
-        raise SldartsError(f"batch_size={cfg.batch_size} is smaller than the {world} processes; raise it")
-    common = dict(device=device, seed=cfg.seed, rank=rank, world=world, channels_last=device.type == "cuda")
+    bs, common = _per_rank(cfg, device, rank, world)
     if cfg.dataset == "imagenet":
         return _imagenet(cfg, bs, common)
     train, test, info = load_arrays(cfg.dataset, cfg.data_root)
@@ -109,16 +124,9 @@ def build_search_data(cfg: SearchConfig, device: torch.device, rank: int = 0, wo
 
 
 def _imagenet(cfg: SearchConfig, bs: int, common: dict) -> SearchData:
-    root = Path(cfg.data_root)
-    files, labels, classes = list_image_folder(root / "train")
-    val_dir = root / "val" if (root / "val").is_dir() else root / "test"
-    vfiles, vlabels, _ = list_image_folder(val_dir)
-    info = DatasetInfo("imagenet", len(classes), 3, IN_MEAN, IN_STD, pad=0, flip=True)
+    files, labels, vfiles, vlabels, info = _imagenet_folders(cfg)
     w_idx, a_idx = split_indices(len(files), cfg)
     pick = lambda idx: ([files[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
-    if cfg.eval_samples:
-        keep = _fixed_order(len(vfiles))[:cfg.eval_samples]
-        vfiles, vlabels = [vfiles[i] for i in keep], [vlabels[i] for i in keep]
     mk = lambda fl, train, stream: StreamLoader(*fl, info, bs, train=train, stream=stream,  # noqa: E731
                                                 workers=cfg.workers, **common)
     arch = None
@@ -133,23 +141,15 @@ def build_train_data(cfg, device: torch.device, rank: int = 0, world: int = 1) -
     ``cfg`` needs dataset, data_root, batch_size, seed, train_samples, eval_samples, cutout, workers,
     color_jitter. Returned as a SearchData without α batches.
     """
-    bs = cfg.batch_size // world if world > 1 else cfg.batch_size
-    if bs < 1:
-        raise SldartsError(f"batch_size={cfg.batch_size} is smaller than the {world} processes; raise it")
-    common = dict(device=device, seed=cfg.seed, rank=rank, world=world, channels_last=device.type == "cuda")
+    bs, common = _per_rank(cfg, device, rank, world)
     if cfg.dataset == "imagenet":
-        root = Path(cfg.data_root)
-        files, labels, classes = list_image_folder(root / "train")
-        val_dir = root / "val" if (root / "val").is_dir() else root / "test"
-        vfiles, vlabels, _ = list_image_folder(val_dir)
+        files, labels, vfiles, vlabels, info = _imagenet_folders(cfg)
         order = _fixed_order(len(files))[:cfg.train_samples or None]
-        vorder = _fixed_order(len(vfiles))[:cfg.eval_samples or None]
-        info = DatasetInfo("imagenet", len(classes), 3, IN_MEAN, IN_STD, pad=0, flip=True)
         train = StreamLoader([files[i] for i in order], [labels[i] for i in order], info, bs, train=True,
                              stream=TRAIN, workers=cfg.workers, jitter=cfg.color_jitter, size=cfg.image_size,
                              **common)
-        ev = StreamLoader([vfiles[i] for i in vorder], [vlabels[i] for i in vorder], info, bs, train=False,
-                          stream=EVAL, workers=cfg.workers, size=cfg.image_size, **common)
+        ev = StreamLoader(vfiles, vlabels, info, bs, train=False, stream=EVAL, workers=cfg.workers,
+                          size=cfg.image_size, **common)
         return SearchData(info, train, None, ev)
     tr, te, info = load_arrays(cfg.dataset, cfg.data_root)
     if cfg.train_samples:

@@ -17,11 +17,6 @@ from sldarts.search_run import accuracy, autocast_for, resolve_cell
 from sldarts.strategies import StepOutput, all_finite, skipped_step
 
 
-def resolve_architecture(cfg: RetrainConfig) -> tuple[str, Any]:
-    """(space, arch string or genotype) from a run directory, a genotype name/file or an arch string."""
-    return resolve_cell(cfg.source_run, cfg.genotype, cfg.arch)
-
-
 def lr_lambda(epochs: int, warmup: int, schedule: str):
     """Per-epoch factor of the base lr: linear warm-up, then cosine or linear decay to zero."""
     import math
@@ -43,7 +38,7 @@ class RetrainRun(EpochRun):
 
     def build(self) -> None:
         cfg = self.cfg
-        self.space, self.arch = resolve_architecture(cfg)
+        self.space, self.arch = resolve_cell(cfg.source_run, cfg.genotype, cfg.arch)
         self.data = build_train_data(cfg, self.device, self.dist.rank, self.dist.world)
         self.train_loader = self.data.train
         info = self.data.info
