@@ -75,20 +75,28 @@ class Zero(nn.Module):
 
 
 class FactorizedReduce(nn.Module):
-    """Halve the resolution with two offset stride-2 1x1 convs, concatenated (DARTS)."""
+    """Halve the resolution with two offset stride-2 1x1 convs, concatenated (DARTS).
+
+    Written as stride-2 sampling followed by stride-1 1x1 convs: the same function and parameters, but
+    PyTorch 2.13's CPU channels-last kernel for *strided* 1x1 convs corrupts memory in backward when the
+    input has fewer than 16 channels (a crash at 56x56 inputs).
+    """
 
     def __init__(self, c_in: int, c_out: int, affine: bool, track: bool = True) -> None:
         super().__init__()
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, stride=2, bias=False)
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
+        self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, bias=False)
         self.bn = bn(c_out, affine, track)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(x)
+    def convs(self, r: Tensor) -> Tensor:
+        """Both halves, before the BN, on an input that is already ReLU-ed."""
         # odd sizes: pad the shifted view so both halves have the same ceil(H/2) x ceil(W/2) size
-        y = nn.functional.pad(x[:, :, 1:, 1:], (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(y)], dim=1))
+        y = nn.functional.pad(r[:, :, 1:, 1:], (0, r.shape[-1] % 2, 0, r.shape[-2] % 2))
+        return torch.cat([self.conv_1(r[:, :, ::2, ::2]), self.conv_2(y[:, :, ::2, ::2])], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.convs(self.relu(x)))
 
 
 def avg_pool(stride: int) -> nn.AvgPool2d:
