@@ -24,24 +24,29 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-def run_both(models, train, batch, grads_of):
-    """Forward + backward of each model on the same batch: (outputs, [grads_of(model) ...])."""
+def run_both(models, train, batch, grads_of, channels_last=False):
+    """Forward + backward of each model on the same batch: (outputs, [grads_of(model) ...]).
+    ``channels_last`` runs the second (fused) model and its batch in NHWC, as searches do."""
     x = torch.randn(batch, 3, 16, 16)
     y = torch.randint(0, 10, (batch,))
     outs, grads = [], []
-    for m in models:
+    for k, m in enumerate(models):
         m.train(train)
-        out = m(x)
+        xm = x
+        if channels_last and k == 1:
+            m.to(memory_format=torch.channels_last)
+            xm = x.contiguous(memory_format=torch.channels_last)
+        out = m(xm)
         torch.nn.functional.cross_entropy(out, y).backward()
         outs.append(out.detach())
         grads.append([g.clone() for g in grads_of(m)])
     return outs, grads
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_fused_matches_reference_outputs_and_gradients(train):
+@pytest.mark.parametrize("train,channels_last", [(True, False), (False, False), (True, True)])
+def test_fused_matches_reference_outputs_and_gradients(train, channels_last):
     ref, fused = pair(channels=4, cells=2, num_classes=10)
-    outs, grads = run_both((ref, fused), train, 8, lambda m: [m.arch["cell"].grad])
+    outs, grads = run_both((ref, fused), train, 8, lambda m: [m.arch["cell"].grad], channels_last)
     assert rel(outs[1], outs[0]) < 1e-5
     assert rel(grads[1][0], grads[0][0]) < 1e-5
     # weight gradients: the fused stem and classifier see the same upstream gradient
@@ -60,8 +65,8 @@ def test_fused_running_statistics_match():
     assert torch.allclose(cell_f.bn3[0].running_mean[:3], bn_ref.running_mean, atol=1e-6)
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_fused_darts_cell_matches_reference(train):
+@pytest.mark.parametrize("train,channels_last", [(True, False), (False, False), (True, True)])
+def test_fused_darts_cell_matches_reference(train, channels_last):
     from sldarts.spaces.darts import DartsSupernet
 
     torch.manual_seed(0)
@@ -73,7 +78,7 @@ def test_fused_darts_cell_matches_reference(train):
             a.normal_(0, 1)
             b.copy_(a)
     grads_of = lambda m: [a.grad for a in m.alphas()] + [p.grad for p in m.weights()]  # noqa: E731
-    outs, grads = run_both((ref, fused), train, 6, grads_of)
+    outs, grads = run_both((ref, fused), train, 6, grads_of, channels_last)
     assert rel(outs[1], outs[0]) < 1e-5
     for g_f, g_r in zip(grads[1], grads[0]):
         assert rel(g_f, g_r) < 1e-5

@@ -14,10 +14,10 @@ from sldarts.spaces.nb201 import NB201Supernet
 from sldarts.strategies import FirstOrder, SecondOrder, SingleLevel, make_optimizers
 
 
-def tiny_model(dtype=torch.float32, seed=0):
+def tiny_model(dtype=torch.float32, seed=0, impl="fused"):
     torch.manual_seed(seed)
     m = NB201Supernet(channels=2, cells=1, num_classes=3, in_channels=1, activation=Softmax(),
-                      track_running_stats=False).to(dtype)
+                      track_running_stats=False, impl=impl).to(dtype)
     with torch.no_grad():  # distinct α so that every op matters
         m.arch["cell"].normal_(0, 0.5)
     return m
@@ -134,7 +134,9 @@ def exact_hypergradient(m, w_opt, xt, yt, xv, yv):
 def test_second_order_hypergradient_matches_double_backward(with_momentum):
     torch.set_default_dtype(torch.float64)
     try:
-        m = tiny_model(torch.float64)
+        # the exact side needs double backward, which the fused cell's lean BN does not offer; the fused
+        # cell's first-order gradients equal the reference's (test_equivalence), so this covers both
+        m = tiny_model(torch.float64, impl="reference")
         w_opt, a_opt = opts(m, lr=0.05)
         xt, yt = batch(dtype=torch.float64, seed=1)
         xv, yv = batch(dtype=torch.float64, seed=2)

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from sldarts.activations import Activation
 from sldarts.errors import SldartsError
 from sldarts.spaces.base import MixedOp, Supernet, param_free_share
-from sldarts.spaces.ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, bn
+from sldarts.spaces.kernels import lean_batch_norm, separable_conv
+from sldarts.spaces.ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, SepConv, bn
 
 OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
        "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
@@ -95,16 +96,15 @@ def load_genotype(path: str | Path) -> Genotype:
 
 
 def _after_relu(op: nn.Module, r: Tensor) -> Tensor:
-    """Run a conv op (SepConv, DilConv, FactorizedReduce) on an input that is already ReLU-ed."""
+    """Run a conv op (SepConv, DilConv, FactorizedReduce) on an input that is already ReLU-ed, through
+    the lean kernels of :mod:`sldarts.spaces.kernels` (same values, less memory and time)."""
     if isinstance(op, FactorizedReduce):
-        y = nn.functional.pad(r[:, :, 1:, 1:], (0, r.shape[-1] % 2, 0, r.shape[-2] % 2))
-        return op.bn(torch.cat([op.conv_1(r), op.conv_2(y)], dim=1))
-    first, rest = (op[0], [op[1]]) if isinstance(op[0], nn.Sequential) else (op, [])
-    for m in list(first)[1:]:  # skip the leading ReLU
-        r = m(r)
-    for m in rest:
-        r = m(r)
-    return r
+        return lean_batch_norm(op.bn, op.convs(r))
+    if isinstance(op, SepConv):  # [ReLU, dw, pw, BN] twice
+        first, second = op[0], op[1]
+        z = separable_conv(first[1], first[2], r)
+        return lean_batch_norm(second[3], separable_conv(second[1], second[2], z, pre_bn=first[3]))
+    return lean_batch_norm(op[3], separable_conv(op[1], op[2], r))  # DilConv: ReLU, dw, pw, BN
 
 
 class SearchCell(nn.Module):
@@ -155,7 +155,7 @@ class SearchCell(nn.Module):
             if "pool" in name:
                 key = (j, name)
                 if key not in cache:
-                    cache[key] = (op(x), op[1])
+                    cache[key] = (lean_batch_norm(op[1], op[0](x)), op[1])
                 else:  # same input, same output; keep this edge's BN statistics equal to the reference's
                     first = cache[key][1]
                     if op[1].running_mean is not None and self.training:

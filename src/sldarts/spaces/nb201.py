@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from sldarts.activations import Activation
 from sldarts.errors import SldartsError
 from sldarts.spaces.base import MixedOp, Supernet, param_free_share
+from sldarts.spaces.kernels import lean_batch_norm
 from sldarts.spaces.ops import NB201_OPS, ResNetBasicBlock
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -94,7 +95,8 @@ class FusedSearchCell(nn.Module):
 
     Per source node: one ReLU, one 3x3 and one 1x1 conv for *all* edges leaving it (their output
     channels stacked, followed by one non-affine BN over the stack, which is per-channel and so
-    identical to separate BNs), one pooling shared by those edges; no tensor for ``none``.
+    identical to separate BNs, and saving only its output: :mod:`sldarts.spaces.kernels`), one pooling
+    shared by those edges; no tensor for ``none``.
     """
 
     def __init__(self, c: int, track: bool) -> None:
@@ -115,8 +117,8 @@ class FusedSearchCell(nn.Module):
         for i in range(NODES - 1):
             xi = nodes[i]
             r = torch.relu(xi)
-            c3 = self.bn3[i](self.conv3[i](r)).split(self.c, dim=1)
-            c1 = self.bn1[i](self.conv1[i](r)).split(self.c, dim=1)
+            c3 = lean_batch_norm(self.bn3[i], self.conv3[i](r)).split(self.c, dim=1)
+            c1 = lean_batch_norm(self.bn1[i], self.conv1[i](r)).split(self.c, dim=1)
             p = self.pool(xi)
             for t, j in enumerate(range(i + 1, NODES)):
                 w = weights[self._edge[(j, i)]]
