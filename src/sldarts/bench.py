@@ -59,9 +59,12 @@ def bench_row(space: str, mode: str, impl: str, batch_size: int, device: torch.d
                        channels=channels, cells=cells, **MODES[mode])
     torch.manual_seed(0)
     model = build_supernet(cfg, 10, 3).to(device)
+    x = torch.randn(batch_size, 3, image, image, device=device)
+    layout = torch.contiguous_format if impl == "reference" else torch.channels_last  # as the DARTS code / as we run
+    model.to(memory_format=layout)
+    x = x.contiguous(memory_format=layout)
     w_opt, a_opt = make_optimizers(model, cfg)
     strat = make_strategy(cfg, model, model, w_opt, a_opt)
-    x = torch.randn(batch_size, 3, image, image, device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
     xa, ya = torch.randn_like(x), y.flip(0)
 
@@ -87,20 +90,33 @@ def bench_row(space: str, mode: str, impl: str, batch_size: int, device: torch.d
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return {"space": space, "mode": mode, "impl": "reference" if impl == "reference" else "optimized",
-            "median_s": statistics.median(times), "peak_mem_mb": peak / 2**20}
+            "layout": "NCHW" if impl == "reference" else "NHWC", "median_s": statistics.median(times),
+            "peak_mem_mb": peak / 2**20}
+
+
+def own_peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's ``VmHWM`` belongs to the current program image;
+    ``ru_maxrss`` survives ``exec`` and would report the parent's peak in a child spawned by a big parent."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024.0
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def peak_rss_mb(space: str, mode: str, impl: str, batch_size: int, image: int, channels: int) -> float:
-    """Peak resident memory of a fresh process that builds the supernet and runs two steps (CPU): the
+    """Peak resident memory of a fresh process that builds the supernet and runs three steps (CPU): the
     whole-process number the baseline's "3.9 GB" is. Includes the Python/PyTorch runtime (~0.3 GB)."""
     import subprocess
     import sys
 
-    code = (f"import resource, torch, sldarts.bench as b; torch.set_num_threads({torch.get_num_threads()}); "
+    code = (f"import torch, sldarts.bench as b; torch.set_num_threads({torch.get_num_threads()}); "
             f"b.bench_row({space!r}, {mode!r}, {impl!r}, {batch_size}, torch.device('cpu'), 1, {image}, {channels}); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print(b.own_peak_rss_mb())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024.0
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def run_bench(spaces=("nb201", "darts"), modes=("single", "bilevel1", "bilevel2"), batch_size: int = 64,

@@ -63,7 +63,7 @@ class SearchRun(EpochRun):
         self.train_loader = self.data.train
         self.model: Supernet = build_supernet(cfg, self.data.info.num_classes, self.data.info.in_channels)
         self.model.to(self.device)
-        if self.device.type == "cuda":
+        if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.net: torch.nn.Module = self.model
         if self.dist.world > 1:

@@ -81,7 +81,7 @@ def _per_rank(cfg, device: torch.device, rank: int, world: int) -> tuple[int, di
     bs = cfg.batch_size // world if world > 1 else cfg.batch_size
     if bs < 1:
         raise SldartsError(f"batch_size={cfg.batch_size} is smaller than the {world} processes; raise it")
-    return bs, dict(device=device, seed=cfg.seed, rank=rank, world=world, channels_last=device.type == "cuda")
+    return bs, dict(device=device, seed=cfg.seed, rank=rank, world=world, channels_last=cfg.channels_last)
 
 
 def _imagenet_folders(cfg) -> tuple[list, list, list, list, DatasetInfo]:

@@ -53,6 +53,8 @@ class RetrainRun(EpochRun):
                                       auxiliary=cfg.auxiliary_weight > 0, imagenet=cfg.dataset == "imagenet",
                                       in_channels=info.in_channels)
         self.model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.net: nn.Module = self.model
         if self.dist.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
