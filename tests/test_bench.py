@@ -1,7 +1,14 @@
 """The benchmark harness produces its documented JSON shape (timings are never asserted)."""
 
 import json
+import os
+import subprocess
+import sys
 
+import pytest
+import torch
+
+from sldarts.bench import own_peak_rss_mb
 from sldarts.cli import main
 
 
@@ -14,3 +21,13 @@ def test_bench_writes_rows_for_each_impl(tmp_path, capsys):
         ("single", "reference"), ("single", "optimized"), ("bilevel2", "reference"), ("bilevel2", "optimized")}
     assert all(r["median_s"] > 0 and r["peak_mem_mb"] > 0 for r in res["rows"])
     assert "machine" in res and "| nb201 | single | optimized |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM is Linux's")
+def test_child_process_reports_its_own_peak_not_the_parents():
+    # ru_maxrss survives exec, so a child of a big parent would report the parent's peak
+    held = torch.ones(256 * 2**20)  # 1 GiB touched in this process
+    code = "import sldarts.bench as b; print(b.own_peak_rss_mb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True).stdout.split()[-1])
+    assert held[-1] == 1 and own_peak_rss_mb() >= 1024 and child < 900

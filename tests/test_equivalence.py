@@ -67,16 +67,7 @@ def test_fused_running_statistics_match():
 
 @pytest.mark.parametrize("train,channels_last", [(True, False), (False, False), (True, True)])
 def test_fused_darts_cell_matches_reference(train, channels_last):
-    from sldarts.spaces.darts import DartsSupernet
-
-    torch.manual_seed(0)
-    ref = DartsSupernet(channels=4, layers=3, impl="reference")
-    fused = DartsSupernet(channels=4, layers=3, impl="fused")
-    fused.load_state_dict(ref.state_dict())  # the same modules: only the forward differs
-    with torch.no_grad():
-        for a, b in zip(ref.alphas(), fused.alphas()):
-            a.normal_(0, 1)
-            b.copy_(a)
+    ref, fused = darts_pair()
     grads_of = lambda m: [a.grad for a in m.alphas()] + [p.grad for p in m.weights()]  # noqa: E731
     outs, grads = run_both((ref, fused), train, 6, grads_of, channels_last)
     assert rel(outs[1], outs[0]) < 1e-5
@@ -84,3 +75,32 @@ def test_fused_darts_cell_matches_reference(train, channels_last):
         assert rel(g_f, g_r) < 1e-5
     for (k, a), b in zip(ref.state_dict().items(), fused.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k  # BN statistics kept in step
+
+
+def darts_pair(seed=0):
+    from sldarts.spaces.darts import DartsSupernet
+
+    torch.manual_seed(seed)
+    ref = DartsSupernet(channels=4, layers=3, impl="reference")
+    fused = DartsSupernet(channels=4, layers=3, impl="fused")
+    fused.load_state_dict(ref.state_dict())  # the same modules: only the forward differs
+    with torch.no_grad():
+        for a, b in zip(ref.alphas(), fused.alphas()):
+            a.normal_(0, 1)
+            b.copy_(a)
+    return ref, fused
+
+
+@pytest.mark.parametrize("space", ["nb201", "darts"])
+def test_fused_cells_under_bf16_autocast(space):
+    # amp=bf16: the fused kernels' backwards get bf16 gradients and float32 weights, outside autocast
+    ref, fused = pair(channels=4, cells=2) if space == "nb201" else darts_pair()
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    grads = []
+    for m in (ref, fused):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        grads.append(torch.cat([a.grad.flatten() for a in m.alphas()]))
+    assert grads[1].dtype == torch.float32 and torch.isfinite(grads[1]).all()
+    assert rel(grads[1], grads[0]) < 0.05  # bf16 rounding in different orders, not a different function

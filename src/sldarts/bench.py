@@ -12,6 +12,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
@@ -53,8 +54,10 @@ def _state_bytes(model: torch.nn.Module, opts) -> int:
     return n
 
 
-def bench_row(space: str, mode: str, impl: str, batch_size: int, device: torch.device, repeats: int,
-              image: int = 32, channels: int = 16, cells: int = 0) -> dict[str, Any]:
+def _prepare(space: str, mode: str, impl: str, batch_size: int, device: torch.device, image: int,
+             channels: int, cells: int) -> tuple[Callable[[], None], float]:
+    """Build one supernet + strategy, warm it up, and measure one step's peak memory: (step, bytes)."""
+    base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0  # other rows' models
     cfg = SearchConfig(space=space, impl=impl, batch_size=batch_size,
                        channels=channels, cells=cells, **MODES[mode])
     torch.manual_seed(0)
@@ -68,30 +71,35 @@ def bench_row(space: str, mode: str, impl: str, batch_size: int, device: torch.d
     y = torch.randint(0, 10, (batch_size,), device=device)
     xa, ya = torch.randn_like(x), y.flip(0)
 
-    def step():
+    def step() -> None:
         strat.step(x, y, lambda: (xa, ya))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     step()  # warm-up (allocations, algorithm choice)
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
     with saved_tensor_bytes() as box:
         step()
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = box["bytes"] + _state_bytes(model, (w_opt, a_opt))
-    times = []
+        return step, torch.cuda.max_memory_allocated(device) - base
+    return step, box["bytes"] + _state_bytes(model, (w_opt, a_opt))
+
+
+def bench_rows(space: str, mode: str, impls: tuple[str, ...], batch_size: int, device: torch.device,
+               repeats: int, image: int = 32, channels: int = 16, cells: int = 0) -> list[dict[str, Any]]:
+    """Time the implementations' steps interleaved (A B A B ...), so that drift in the machine's speed
+    falls on all of them alike; median per implementation."""
+    setups = {impl: _prepare(space, mode, impl, batch_size, device, image, channels, cells) for impl in impls}
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return {"space": space, "mode": mode, "impl": "reference" if impl == "reference" else "optimized",
-            "layout": "NCHW" if impl == "reference" else "NHWC", "median_s": statistics.median(times),
-            "peak_mem_mb": peak / 2**20}
+        for impl, (step, _) in setups.items():
+            t0 = time.perf_counter()
+            step()
+            times[impl].append(time.perf_counter() - t0)
+    return [{"space": space, "mode": mode, "impl": "reference" if impl == "reference" else "optimized",
+             "layout": "NCHW" if impl == "reference" else "NHWC", "median_s": statistics.median(times[impl]),
+             "peak_mem_mb": setups[impl][1] / 2**20} for impl in impls]
 
 
 def own_peak_rss_mb() -> float:
@@ -113,7 +121,8 @@ def peak_rss_mb(space: str, mode: str, impl: str, batch_size: int, image: int, c
     import sys
 
     code = (f"import torch, sldarts.bench as b; torch.set_num_threads({torch.get_num_threads()}); "
-            f"b.bench_row({space!r}, {mode!r}, {impl!r}, {batch_size}, torch.device('cpu'), 1, {image}, {channels}); "
+            f"b.bench_rows({space!r}, {mode!r}, ({impl!r},), {batch_size}, torch.device('cpu'), 1, {image}, "
+            f"{channels}); "
             "print(b.own_peak_rss_mb())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -126,8 +135,8 @@ def run_bench(spaces=("nb201", "darts"), modes=("single", "bilevel1", "bilevel2"
     rows = []
     for space in spaces:
         for mode in modes:
-            for impl in IMPLS[space]:
-                row = bench_row(space, mode, impl, batch_size, dev, repeats, image, channels, cells)
+            for row in bench_rows(space, mode, IMPLS[space], batch_size, dev, repeats, image, channels, cells):
+                impl = "reference" if row["impl"] == "reference" else "fused"
                 if rss and dev.type == "cpu":
                     row["peak_rss_mb"] = peak_rss_mb(space, mode, impl, batch_size, image, channels)
                 rows.append(row)

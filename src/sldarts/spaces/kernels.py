@@ -106,7 +106,9 @@ class _Separable(torch.autograd.Function):
     def backward(ctx, g):
         x, w_dw, w_pw, invstd = ctx.saved_tensors
         s, p, d, pre = ctx.conf
-        a = torch.relu(x) if pre else x
+        # under autocast the forward convolved in g's dtype; backward runs outside autocast, so cast here
+        a = (torch.relu(x) if pre else x).to(g.dtype)
+        w_dw, w_pw = w_dw.to(g.dtype), w_pw.to(g.dtype)
         h = F.conv2d(a, w_dw, None, s, p, d, w_dw.shape[0])  # recomputed: cheaper than keeping it
         gh, gw_pw, _ = _conv_backward(g, h, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False])
         del h
