@@ -81,3 +81,20 @@ def test_kernels_refuse_what_they_do_not_compute():
     dense = nn.Conv2d(3, 3, 3, padding=1, bias=False)
     with pytest.raises(ValueError, match="depthwise"):
         separable_conv(dense, nn.Conv2d(3, 3, 1, bias=False), torch.randn(2, 3, 4, 4))
+
+
+def test_separable_conv_skips_weight_gradients_nobody_asked_for(monkeypatch):
+    # the α step of bi-level search takes autograd.grad(loss, alphas): no weight-gradient kernels
+    import sldarts.spaces.kernels as k
+
+    masks = []
+    real = k._conv_backward
+    monkeypatch.setattr(k, "_conv_backward", lambda *a: masks.append(a[-1][1]) or real(*a))
+    dw = nn.Conv2d(3, 3, 3, stride=2, padding=1, groups=3, bias=False)  # stride 2: the native path
+    pw = nn.Conv2d(3, 3, 1, bias=False)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    (gx,) = torch.autograd.grad(separable_conv(dw, pw, x).square().sum(), [x])
+    (gx_ref,) = torch.autograd.grad(pw(dw(x)).square().sum(), [x])
+    assert rel(gx, gx_ref) < 1e-5 and masks == [False, False]
+    separable_conv(dw, pw, x).square().sum().backward()  # a full backward computes both
+    assert masks[2:] == [True, True] and dw.weight.grad is not None and pw.weight.grad is not None

@@ -53,18 +53,29 @@ def _normalise_backward(g: Tensor, xhat: Tensor, invstd: Tensor, batch_stats: bo
                                True, 0.0, [True, False, False])[0]
 
 
-def _depthwise_backward(g: Tensor, x: Tensor, w: Tensor, conf: tuple, need_x: bool) -> tuple[Tensor | None, Tensor]:
+def _depthwise_backward(g: Tensor, x: Tensor, w: Tensor, conf: tuple, need_w: bool) -> tuple[Tensor, Tensor | None]:
     stride, padding, dilation = conf
     k, groups = w.shape[-1], w.shape[0]
     same = stride == 1 and 2 * padding == dilation * (k - 1) and w.shape[-2] == k
-    if need_x and same and x.device.type == "cpu":
+    if same and x.device.type == "cpu":
         gx = F.conv2d(g, w.flip(-1, -2), None, 1, padding, dilation, groups)
         gw = _conv_backward(g, x, w, None, [1, 1], [padding] * 2, [dilation] * 2, False, [0, 0], groups,
-                            [False, True, False])[1]
+                            [False, True, False])[1] if need_w else None
         return gx, gw
     gx, gw, _ = _conv_backward(g, x, w, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0],
-                               groups, [need_x, True, False])
+                               groups, [True, need_w, False])
     return gx, gw
+
+
+def _will_use(ctx, i: int) -> bool:
+    """Whether the running backward uses input i's gradient: ``autograd.grad(loss, alphas)`` (the α step
+    of bi-level search) needs no weight gradients, and PyTorch's own ops skip them too."""
+    if not ctx.needs_input_grad[i]:
+        return False
+    try:
+        return bool(torch._C._will_engine_execute_node(ctx.next_functions[i][0]))
+    except (AttributeError, RuntimeError):  # private API moved or not in a backward: compute it
+        return True
 
 
 def _depthwise_conf(conv: nn.Conv2d) -> tuple[int, int, int]:
@@ -110,9 +121,10 @@ class _Separable(torch.autograd.Function):
         a = (torch.relu(x) if pre else x).to(g.dtype)
         w_dw, w_pw = w_dw.to(g.dtype), w_pw.to(g.dtype)
         h = F.conv2d(a, w_dw, None, s, p, d, w_dw.shape[0])  # recomputed: cheaper than keeping it
-        gh, gw_pw, _ = _conv_backward(g, h, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, False])
+        gh, gw_pw, _ = _conv_backward(g, h, w_pw, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                                      [True, _will_use(ctx, 2), False])
         del h
-        ga, gw_dw = _depthwise_backward(gh, a, w_dw, (s, p, d), True)
+        ga, gw_dw = _depthwise_backward(gh, a, w_dw, (s, p, d), _will_use(ctx, 1))
         if pre:  # ReLU's backward (as threshold_backward), then BN's
             ga = _normalise_backward(ga.masked_fill_(x <= 0, 0.0), x, invstd, ctx.batch_stats)
         return ga, gw_dw, gw_pw, None, None, None, None, None, None
