@@ -50,7 +50,8 @@ def test_lean_batch_norm_matches_batchnorm2d(train, track, momentum, channels_la
         assert torch.equal(a, b), k
 
 
-@pytest.mark.parametrize("kernel,dilation,stride", [(3, 1, 1), (5, 1, 1), (3, 2, 1), (5, 2, 1), (3, 1, 2), (5, 2, 2)])
+@pytest.mark.parametrize("kernel,dilation,stride",
+                         [(3, 1, 1), (5, 1, 1), (3, 2, 1), (5, 2, 1), (3, 1, 2), (3, 2, 2), (5, 2, 2)])
 @pytest.mark.parametrize("pre,train,channels_last", [(False, True, False), (True, True, True), (True, False, False),
                                                       (False, True, True)])
 def test_separable_conv_matches_modules(kernel, dilation, stride, pre, train, channels_last):
