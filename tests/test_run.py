@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,6 +87,10 @@ def test_run_directory_is_protected(tiny):
         search(SearchConfig(**dict(tiny, lr=0.1, resume=True)))
     again = search(SearchConfig(**dict(tiny, resume=True)))  # finished: returns the result
     assert "arch" in again
+    # a run written before the channels_last key existed still resumes (layout is not what a run computes)
+    saved = Path(tiny["out"]) / "config.yaml"
+    saved.write_text("".join(line for line in saved.read_text().splitlines(True) if "channels_last" not in line))
+    assert search(SearchConfig(**dict(tiny, resume=True, channels_last=False)))["arch"] == again["arch"]
     search(SearchConfig(**dict(tiny, overwrite=True, seed=1)))
 
 

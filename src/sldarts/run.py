@@ -24,8 +24,10 @@ from sldarts.distributed import all_sum, barrier, broadcast_buffers, setup
 from sldarts.errors import SldartsError
 from sldarts.progress import Progress
 
-# Keys that may differ between a run and its resumption without changing what it computes.
-OPERATIONAL = {"resume", "overwrite", "device", "progress", "workers", "threads", "log_every", "out", "benchmark"}
+# Keys that may differ between a run and its resumption without changing what it computes (beyond float
+# rounding); channels_last also lets runs written before it existed resume.
+OPERATIONAL = {"resume", "overwrite", "device", "progress", "workers", "threads", "log_every", "out", "benchmark",
+               "channels_last"}
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json", "log.txt", "genotype.json")
 
 
