@@ -135,8 +135,8 @@ def run_bench(spaces=("nb201", "darts"), modes=("single", "bilevel1", "bilevel2"
     rows = []
     for space in spaces:
         for mode in modes:
-            for row in bench_rows(space, mode, IMPLS[space], batch_size, dev, repeats, image, channels, cells):
-                impl = "reference" if row["impl"] == "reference" else "fused"
+            rows_now = bench_rows(space, mode, IMPLS[space], batch_size, dev, repeats, image, channels, cells)
+            for impl, row in zip(IMPLS[space], rows_now, strict=True):
                 if rss and dev.type == "cpu":
                     row["peak_rss_mb"] = peak_rss_mb(space, mode, impl, batch_size, image, channels)
                 rows.append(row)

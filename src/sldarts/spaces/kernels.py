@@ -56,14 +56,14 @@ def _normalise_backward(g: Tensor, xhat: Tensor, invstd: Tensor, batch_stats: bo
 def _depthwise_backward(g: Tensor, x: Tensor, w: Tensor, conf: tuple, need_w: bool) -> tuple[Tensor, Tensor | None]:
     stride, padding, dilation = conf
     k, groups = w.shape[-1], w.shape[0]
-    same = stride == 1 and 2 * padding == dilation * (k - 1) and w.shape[-2] == k
-    if same and x.device.type == "cpu":
+    # stride 1, "same" padding, on CPU: the input gradient is the forward conv with the flipped kernel
+    flipped = x.device.type == "cpu" and stride == 1 and 2 * padding == dilation * (k - 1) and w.shape[-2] == k
+    gx = gw = None
+    if need_w or not flipped:
+        gx, gw, _ = _conv_backward(g, x, w, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0],
+                                   groups, [not flipped, need_w, False])
+    if flipped:
         gx = F.conv2d(g, w.flip(-1, -2), None, 1, padding, dilation, groups)
-        gw = _conv_backward(g, x, w, None, [1, 1], [padding] * 2, [dilation] * 2, False, [0, 0], groups,
-                            [False, True, False])[1] if need_w else None
-        return gx, gw
-    gx, gw, _ = _conv_backward(g, x, w, None, [stride] * 2, [padding] * 2, [dilation] * 2, False, [0, 0],
-                               groups, [True, need_w, False])
     return gx, gw
 
 
@@ -103,12 +103,12 @@ class _LeanBatchNorm(torch.autograd.Function):
 class _Separable(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_dw, w_pw, conf, rm, rv, batch_stats, momentum, eps):
+        s, p, d, pre = conf
         invstd = None
-        if conf[3]:  # the input is z and the block starts with BN -> ReLU
+        if pre:  # the input is z and the block starts with BN -> ReLU
             x, invstd = _normalise(x, rm, rv, batch_stats, momentum, eps)
         ctx.conf, ctx.batch_stats = conf, batch_stats
         ctx.save_for_backward(x, w_dw, w_pw, invstd)
-        s, p, d, pre = conf
         a = torch.relu(x) if pre else x
         return F.conv2d(F.conv2d(a, w_dw, None, s, p, d, w_dw.shape[0]), w_pw)
 
