@@ -19,7 +19,7 @@ if kind == "search":
 else:
     run = RetrainRun(load_retrain_config(None, overrides))
 if os.environ.get("SLDARTS_TEST_STOP"):  # as if SIGTERM had reached every rank before the first step
-    run._stop_signal = 15
+    run.stop.request_stop()
 try:
     run.run()
 except Exception as exc:  # the CLI's one-line error, so the test can read it

@@ -64,7 +64,7 @@ def tiny_retrain(tmp_path, **kw):
 def _stop_and_resume(cfg):
     """Stop after the first step (a pending SIGTERM), then resume to the end."""
     run = RetrainRun(cfg)
-    run._stop_signal = 15
+    run.stop.request_stop()
     with pytest.raises(SldartsError, match="resume=true"):
         run.run()
     assert (Path(cfg.out) / "checkpoint.pt").exists()

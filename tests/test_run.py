@@ -58,7 +58,7 @@ def test_graceful_stops_and_resumes_match_an_uninterrupted_run(tmp_path, tiny, o
     stops = 0
     while True:
         run = SearchRun(cfg.replace(resume=stops > 0))
-        run._stop_signal = 15
+        run.stop.request_stop()
         try:
             res = run.run()
             break

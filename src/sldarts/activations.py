@@ -1,7 +1,8 @@
 """α activations: how architecture parameters become op weights, in the forward pass *and* in derivation.
 
 Each activation is one small class with ``__call__`` (α -> weights, over the last dim) and ``init_``
-(the α start value). Register a new one in :data:`ACTIVATIONS`.
+(the α start value), registered in :data:`ACTIVATIONS` under its ``name``: the config's choices come
+from there.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from sldarts.errors import SldartsError
+from sldarts.registry import Registry
 
 
 class Activation:
@@ -53,14 +54,14 @@ class Sigmoid(Activation):
     def init_(self, alpha: Tensor, value: float | None = None) -> None:
         n = alpha.shape[-1]
         with torch.no_grad():
-            alpha.fill_(-math.log(n - 1) if value is None else value)
+            # one candidate (n=1) has no competitor: start at 0.5
+            alpha.fill_((-math.log(n - 1) if n > 1 else 0.0) if value is None else value)
 
 
-ACTIVATIONS: dict[str, type[Activation]] = {"softmax": Softmax, "sigmoid": Sigmoid}
+ACTIVATIONS: Registry[type[Activation]] = Registry("activation", group="sldarts.activations")
+ACTIVATIONS.register(Softmax)
+ACTIVATIONS.register(Sigmoid)
 
 
 def get_activation(name: str) -> Activation:
-    try:
-        return ACTIVATIONS[name]()
-    except KeyError:
-        raise SldartsError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
+    return ACTIVATIONS.get(name)()

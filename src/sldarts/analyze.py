@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from sldarts.errors import SldartsError
-from sldarts.run import read_metrics
+from sldarts.rundir import read_metrics
+from sldarts.spaces import ARCH_SPACE, get_space
 from sldarts.spaces.ops import PARAM_FREE
 
 
@@ -62,41 +63,39 @@ def _trajectories(run: dict[str, Any]) -> tuple[list[float], list[dict[str, Any]
     return [r["epoch"] for r in run["metrics"]], [r["weights"] for r in run["metrics"]], "epoch"
 
 
-def _edge_labels(space: str, n: int) -> list[str]:
-    if space == "nb201":
-        from sldarts.spaces.nb201 import EDGES
-
-        return [f"{t}<-{f}" for t, f in EDGES]
-    return [f"{i + 2}<-{j}" for i in range(4) for j in range(2 + i)][:n]
+def _as_rows(value: list) -> list[list[float]]:
+    """An α entry as rows of op weights: (edges, ops) for cells, a single row for a user model's choice."""
+    return value if isinstance(value[0], list) else [value]
 
 
-def _ops(space: str) -> tuple[str, ...]:
-    if space == "nb201":
-        from sldarts.spaces.nb201 import OPS
-    else:
-        from sldarts.spaces.darts import OPS
-    return OPS
+def _labels(run: dict[str, Any], key: str, rows: int, ops: int) -> tuple[list[str], list[str]]:
+    """(row labels, op names) of the α entry ``key``, from the run's space (generic ones if it cannot be
+    loaded here, e.g. a Python model object)."""
+    try:
+        edges, names = get_space(run["config"].get("space", ARCH_SPACE)).labels(key, rows)
+    except SldartsError:
+        edges, names = [str(i) for i in range(rows)], None
+    return edges, names or [f"op{k}" for k in range(ops)]
 
 
 def fig_weights(run: dict[str, Any], out: Path) -> list[Path]:
     """Figure 1: p_i per edge over training; parameter-free ops dashed, learnable ops solid."""
     plt = _plt()
     xs, ws, xlabel = _trajectories(run)
-    space = run["config"].get("space", "nb201")
-    key = "cell" if space == "nb201" else "normal"
-    n_edges = len(ws[0][key])
+    key = next(iter(ws[0]))  # the first α entry (NB201's cell, DARTS's normal cell)
+    first = _as_rows(ws[0][key])
+    n_edges = len(first)
     cols = 3 if n_edges <= 6 else 5
     rows = -(-n_edges // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False, sharex=True)
-    ops = _ops(space)
-    labels = _edge_labels(space, n_edges)
+    labels, ops = _labels(run, key, n_edges, len(first[0]))
     for e in range(rows * cols):
         ax = axes[e // cols][e % cols]
         if e >= n_edges:
             ax.axis("off")
             continue
         for k, op in enumerate(ops):
-            ax.plot(xs, [w[key][e][k] for w in ws], ls="--" if op in PARAM_FREE else "-", label=op)
+            ax.plot(xs, [_as_rows(w[key])[e][k] for w in ws], ls="--" if op in PARAM_FREE else "-", label=op)
         ax.set_title(f"edge {labels[e]}", fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
     axes[0][0].legend(fontsize=7)
@@ -166,11 +165,10 @@ def _mean(xs: list[float]) -> float:
 def summarize(run: dict[str, Any]) -> dict[str, Any]:
     """The numbers behind the figures: mean node correlation per cell, dL/dp per op early and late."""
     last = run["metrics"][-1]
-    space = run["config"].get("space", "nb201")
     out: dict[str, Any] = {"run": run["name"], "optim": run["config"].get("optim"),
                            "order": run["config"].get("order"), "activation": run["config"].get("activation"),
                            "lr": run["config"].get("lr"), "epochs_done": last["epoch"],
-                           "arch": last.get("arch", last.get("genotype")),
+                           "arch": last.get(last.get("arch_key", ""), last.get("arch", last.get("genotype"))),
                            "param_free_ratio": last["param_free_ratio"], "valid_acc": last.get("valid_acc")}
     rows = run["analysis"]
     if rows:
@@ -183,7 +181,7 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
         k = max(len(rows) // 10, 1)
         dl = rows[0]["dldp"]
         lastc = max(dl, key=lambda c: int(c[4:]))
-        ops = _ops(space)
+        ops = list(next(iter(dl[lastc].values())))
         node = max(int(e.split("<-")[0]) for e in dl[lastc])
         edges = [e for e in dl[lastc] if int(e.split("<-")[0]) == node]
 

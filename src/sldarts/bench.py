@@ -19,12 +19,15 @@ from typing import Any
 import torch
 
 from sldarts.config import SearchConfig
-from sldarts.spaces import build_supernet
-from sldarts.strategies import make_optimizers, make_strategy
+from sldarts.spaces import SPACES, build_supernet, get_space
+from sldarts.strategies import STRATEGIES, make_optimizers, make_strategy
 
-MODES = {"single": dict(optim="single"), "bilevel1": dict(optim="bilevel", order=1),
-         "bilevel2": dict(optim="bilevel", order=2)}
-IMPLS = {"nb201": ("reference", "fused"), "darts": ("reference", "fused")}
+MODES = {name: dict(optim=cls.optim, order=cls.order) for name, cls in STRATEGIES.items()}
+
+
+def impls_of(space: str) -> tuple[str, ...]:
+    """A space's implementations to compare (reference first); ``generic`` for one with a single one."""
+    return get_space(space).impls or ("generic",)
 
 
 @contextmanager
@@ -58,12 +61,12 @@ def _prepare(space: str, mode: str, impl: str, batch_size: int, device: torch.de
              channels: int, cells: int) -> tuple[Callable[[], None], float]:
     """Build one supernet + strategy, warm it up, and measure one step's peak memory: (step, bytes)."""
     base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0  # other rows' models
-    cfg = SearchConfig(space=space, impl=impl, batch_size=batch_size,
+    cfg = SearchConfig(space=space, impl="fused" if impl == "generic" else impl, batch_size=batch_size,
                        channels=channels, cells=cells, **MODES[mode])
     torch.manual_seed(0)
     model = build_supernet(cfg, 10, 3).to(device)
     x = torch.randn(batch_size, 3, image, image, device=device)
-    layout = torch.contiguous_format if impl == "reference" else torch.channels_last  # as the DARTS code / as we run
+    layout = torch.channels_last if impl == "fused" else torch.contiguous_format  # as we run / as the DARTS code
     model.to(memory_format=layout)
     x = x.contiguous(memory_format=layout)
     w_opt, a_opt = make_optimizers(model, cfg)
@@ -97,8 +100,9 @@ def bench_rows(space: str, mode: str, impls: tuple[str, ...], batch_size: int, d
             t0 = time.perf_counter()
             step()
             times[impl].append(time.perf_counter() - t0)
-    return [{"space": space, "mode": mode, "impl": "reference" if impl == "reference" else "optimized",
-             "layout": "NCHW" if impl == "reference" else "NHWC", "median_s": statistics.median(times[impl]),
+    names = {"reference": "reference", "fused": "optimized", "generic": "generic"}
+    return [{"space": space, "mode": mode, "impl": names[impl],
+             "layout": "NHWC" if impl == "fused" else "NCHW", "median_s": statistics.median(times[impl]),
              "peak_mem_mb": setups[impl][1] / 2**20} for impl in impls]
 
 
@@ -128,15 +132,16 @@ def peak_rss_mb(space: str, mode: str, impl: str, batch_size: int, image: int, c
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def run_bench(spaces=("nb201", "darts"), modes=("single", "bilevel1", "bilevel2"), batch_size: int = 64,
+def run_bench(spaces=tuple(SPACES), modes=tuple(MODES), batch_size: int = 64,
               device: str = "cpu", repeats: int = 3, image: int = 32, channels: int = 16,
               cells: int = 0, progress=print, rss: bool = False) -> dict[str, Any]:
     dev = torch.device(device)
     rows = []
     for space in spaces:
         for mode in modes:
-            rows_now = bench_rows(space, mode, IMPLS[space], batch_size, dev, repeats, image, channels, cells)
-            for impl, row in zip(IMPLS[space], rows_now, strict=True):
+            impls = impls_of(space)
+            rows_now = bench_rows(space, mode, impls, batch_size, dev, repeats, image, channels, cells)
+            for impl, row in zip(impls, rows_now, strict=True):
                 if rss and dev.type == "cpu":
                     row["peak_rss_mb"] = peak_rss_mb(space, mode, impl, batch_size, image, channels)
                 rows.append(row)
@@ -150,14 +155,18 @@ def run_bench(spaces=("nb201", "darts"), modes=("single", "bilevel1", "bilevel2"
 
 
 def table(result: dict[str, Any]) -> str:
-    """Markdown table with each optimised row's ratio against the reference of the same space and mode."""
+    """Markdown table with each row's ratio against the reference of the same space and mode (a space with
+    no reference of its own, e.g. a user model, against the first reference row of that mode)."""
     ref = {(r["space"], r["mode"]): r for r in result["rows"] if r["impl"] == "reference"}
+    for r in result["rows"]:
+        if r["impl"] == "reference":
+            ref.setdefault(("*", r["mode"]), r)
     rss = any("peak_rss_mb" in r for r in result["rows"])
     lines = ["| space | mode | impl | median s/step | peak MB | time vs reference | memory vs reference |"
              + (" process peak RSS MB |" if rss else ""),
              "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if rss else "")]
     for r in result["rows"]:
-        base = ref.get((r["space"], r["mode"]))
+        base = ref.get((r["space"], r["mode"])) or ref.get(("*", r["mode"]))
         tr = f"{r['median_s'] / base['median_s']:.2f}x" if base else "-"
         mr = f"{r['peak_mem_mb'] / base['peak_mem_mb']:.2f}x" if base else "-"
         lines.append(f"| {r['space']} | {r['mode']} | {r['impl']} | {r['median_s']:.3f} | "

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sldarts.errors import SldartsError
 
@@ -30,10 +31,10 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _derive(args: argparse.Namespace) -> int:
-    from sldarts.search_run import derive
+    from sldarts.cells import derive
 
     d = derive(args.run_dir)
-    arch = d.get("arch", d.get("genotype"))
+    arch = d[d["arch_key"]]
     print(arch if isinstance(arch, str) else json.dumps(arch))
     return 0
 
@@ -56,36 +57,54 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _complexity(args: argparse.Namespace) -> int:
-    from sldarts.evaluate.complexity import complexity
-    from sldarts.search_run import resolve_cell
+def _run_dataset(run_dir: str | None) -> str | None:
+    """The data set a run directory searched on, when it is one whose shape is known."""
+    import yaml
 
-    space, arch = resolve_cell(None, args.genotype, args.arch)
-    if space != args.space:
-        raise SldartsError(f"--space {args.space} needs " + ("--genotype" if args.space == "darts" else "--arch"))
-    print(json.dumps(complexity(space, arch, args.dataset, args.channels, args.layers)))
+    from sldarts.data import DATASETS
+
+    cfg_file = Path(run_dir) / "config.yaml" if run_dir else None
+    if cfg_file is None or not cfg_file.exists():
+        return None
+    ds = (yaml.safe_load(cfg_file.read_text()) or {}).get("dataset")
+    return ds if ds in DATASETS and DATASETS[ds].num_classes else None
+
+
+def _complexity(args: argparse.Namespace) -> int:
+    from sldarts.cells import resolve_cell
+    from sldarts.evaluate.complexity import complexity
+
+    space, arch = resolve_cell(args.run_dir, args.genotype, args.arch, args.space)
+    searched = _run_dataset(args.run_dir)
+    dataset = args.dataset or space.complexity_dataset(searched or "cifar10") or searched
+    if dataset is None and args.run_dir:  # a user model on user data: counted at the searched shape
+        recorded = json.loads((Path(args.run_dir) / "result.json").read_text()).get("complexity") \
+            if (Path(args.run_dir) / "result.json").exists() else None
+        if recorded is None:
+            raise SldartsError(f"{args.run_dir} has no recorded complexity; pass --dataset NAME")
+        print(json.dumps(recorded))
+        return 0
+    print(json.dumps(complexity(space, arch, dataset or "cifar10", args.channels, args.layers)))
     return 0
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from sldarts.cells import resolve_cell
     from sldarts.plot import plot_cells
-    from sldarts.search_run import resolve_cell
 
-    for path in plot_cells(*resolve_cell(args.run_dir, args.genotype, args.arch), args.out):
+    for path in plot_cells(*resolve_cell(args.run_dir, args.genotype, args.arch, args.space), args.out):
         print(path)
     return 0
 
 
 def _lookup(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from sldarts.cells import resolve_cell
     from sldarts.lookup import open_benchmark, table3
-    from sldarts.search_run import resolve_cell
 
     is_run = Path(args.target).is_dir()
     space, target = resolve_cell(args.target if is_run else None, None, None if is_run else args.target)
-    if space != "nb201":
-        raise SldartsError(f"{args.target} searched the {space} space; look-ups need an NB201 run")
+    if not space.benchmark:
+        raise SldartsError(f"{args.target} searched the {space.name} space; look-ups need a NAS-Bench-201 run")
     bench = open_benchmark(args.benchmark)
     row = bench.query(target)
     if args.table:
@@ -129,8 +148,9 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from sldarts.bench import dump, run_bench, table
+    from sldarts.spaces import SPACES
 
-    spaces = [args.space] if args.space else ["nb201", "darts"]
+    spaces = args.space.split(",") if args.space else list(SPACES)
     modes = args.modes.split(",")
     res = run_bench(spaces, modes, args.batch_size, args.device, args.repeats, args.image, args.channels,
                     progress=lambda s: print(s, file=sys.stderr), rss=args.rss)
@@ -158,10 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("items", nargs="*", metavar="[RUN_DIR] key=value", help="a search run directory and overrides")
     r.set_defaults(func=_retrain)
     c = sub.add_parser("complexity", help="parameters and multiply-adds of an evaluation network")
-    c.add_argument("--space", choices=["darts", "nb201"], default="darts")
+    c.add_argument("run_dir", nargs="?", help="a search run directory (instead of --genotype / --arch)")
+    c.add_argument("--space", help="the space of --arch / --genotype: a name or pkg.mod:build (default: "
+                   "darts for --genotype, nb201 for --arch)")
     c.add_argument("--genotype")
-    c.add_argument("--arch")
-    c.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100", "imagenet", "imagenet16-120"])
+    c.add_argument("--arch", help="an architecture of --space (an NB201 arch string by default)")
+    c.add_argument("--dataset", help="cifar10 (default), cifar100, imagenet, imagenet16-120 or digits")
     c.add_argument("--channels", type=int, help="C (default 36 CIFAR / 48 ImageNet / 16 NB201)")
     c.add_argument("--layers", type=int, help="cells (default 20 CIFAR / 14 ImageNet / 5 per stage NB201)")
     c.set_defaults(func=_complexity)
@@ -169,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dir", nargs="?")
     pl.add_argument("--genotype")
     pl.add_argument("--arch")
+    pl.add_argument("--space", help="the space of --arch (default nb201)")
     pl.add_argument("--out", required=True, help="path prefix: writes PREFIX_<cell>.dot/.png/.pdf")
     pl.set_defaults(func=_plot)
     lk = sub.add_parser("lookup", help="NAS-Bench-201 accuracies of an arch string or a run's derived cell")
@@ -194,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--out", required=True, help="folder for the PNG/PDF figures and report.md")
     an.set_defaults(func=_analyze)
     b = sub.add_parser("bench", help="time and measure supernet steps, reference vs optimised")
-    b.add_argument("--space", choices=["nb201", "darts"])
-    b.add_argument("--modes", default="single,bilevel1,bilevel2")
+    b.add_argument("--space", help="a registered space (default: every one) or pkg.mod:build of a user model")
+    b.add_argument("--modes", default="single,bilevel1,bilevel2", help="registered strategies, comma-separated")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--device", default="cpu")
     b.add_argument("--repeats", type=int, default=3)

@@ -18,9 +18,6 @@ import yaml
 
 from sldarts.errors import SldartsError
 
-SPACES = ("nb201", "darts")
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "imagenet16-120", "imagenet")
-OPTIMS = ("single", "bilevel")
 ARCH_DATA = ("valid", "train")
 ARCH_OPTIMIZERS = ("adam", "sgd")
 PROGRESS = ("auto", "bar", "lines", "none")
@@ -29,6 +26,42 @@ AMP = ("none", "bf16")  # bf16 needs no loss scaling; fp16 would, so it is not o
 
 def _choice(*options: str) -> dict:
     return {"choices": options}
+
+
+def _registered(kind: str) -> dict:
+    """Choices read from a plug-in registry when validating (so a registered plug-in is a valid value)."""
+    def names() -> tuple[str, ...]:
+        if kind == "activation":
+            from sldarts.activations import ACTIVATIONS
+
+            return tuple(ACTIVATIONS.names())
+        from sldarts.strategies import optims
+
+        return optims()
+
+    return {"choices": names}
+
+
+def _check_space(value: str) -> None:
+    from sldarts.registry import is_import_path
+    from sldarts.spaces import SPACES, get_space
+
+    if value.startswith("<") or value in SPACES or is_import_path(value):
+        get_space(value) if not value.startswith("<") else None
+        return
+    raise SldartsError(f"config: space={value!r} is not one of {', '.join(SPACES)} nor an import path "
+                       "(pkg.module:build or file.py:build)" + _suggest(value, SPACES))
+
+
+def _check_dataset(value: str) -> None:
+    from sldarts.data import DATASETS
+    from sldarts.registry import is_import_path
+
+    if value.startswith("<") or value in DATASETS or is_import_path(value):
+        return
+    raise SldartsError(f"config: dataset={value!r} is not one of {', '.join(DATASETS)} nor an import path "
+                       "(pkg.module:build or file.py:build returning (train, test) datasets)"
+                       + _suggest(value, DATASETS))
 
 
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
@@ -44,11 +77,15 @@ class ConfigBase:
             value = _coerce(f.name, getattr(self, f.name), hints[f.name])
             setattr(self, f.name, value)
             meta = f.metadata
-            if "choices" in meta and value not in meta["choices"]:
+            choices = meta.get("choices")
+            choices = choices() if callable(choices) else choices
+            if choices is not None and value not in choices:
                 raise SldartsError(
-                    f"config: {f.name}={value!r} is not one of {', '.join(meta['choices'])}"
-                    + _suggest(str(value), meta["choices"])
+                    f"config: {f.name}={value!r} is not one of {', '.join(choices)}"
+                    + _suggest(str(value), choices)
                 )
+            if "check" in meta and value is not None:
+                meta["check"](value)
             if "range" in meta and value is not None:
                 lo, hi, lo_open = meta["range"]
                 if lo is not None and (value < lo or (lo_open and value == lo)):
@@ -91,13 +128,16 @@ class RunOptions(ConfigBase):
 class SearchConfig(RunOptions):
     """All settings of one search; defaults follow the paper (Sec. 4.1, 4.2)."""
 
-    space: str = field(default="nb201", metadata=_choice(*SPACES))
-    dataset: str = field(default="digits", metadata=_choice(*DATASETS))
+    space: str = field(default="nb201", metadata={"check": _check_space})
+    dataset: str = field(default="digits", metadata={"check": _check_dataset})
     data_root: str = "data"
-    optim: str = field(default="single", metadata=_choice(*OPTIMS))
+    image_size: int = field(default=0, metadata=_range(0))  # resize image folders to this side (0: native)
+    stem: str = field(default="auto", metadata=_choice("auto", "cifar", "imagenet"))  # DARTS search network
+    cache_limit_mb: int = field(default=2048, metadata=_range(0))  # larger image folders stream from disk
+    optim: str = field(default="single", metadata=_registered("optim"))
     order: int = field(default=1, metadata=_range(1, 2))
     arch_data: str = field(default="valid", metadata=_choice(*ARCH_DATA))
-    activation: str = field(default="sigmoid", metadata={"choices": ("softmax", "sigmoid")})
+    activation: str = field(default="sigmoid", metadata=_registered("activation"))
     alpha_init: float | None = None
     epochs: int = field(default=50, metadata=_range(1))
     batch_size: int = field(default=64, metadata=_range(1))
@@ -133,16 +173,20 @@ class SearchConfig(RunOptions):
 
     def __post_init__(self) -> None:
         self.validate()
-        if self.lr is None:  # the paper: 0.005 for its NB201 runs, 0.025 (DARTS) on the DARTS space
-            self.lr = 0.005 if self.space == "nb201" else 0.025
+        if self.lr is None:  # the space's default (the paper: 0.005 on NB201, 0.025 on DARTS)
+            self.lr = self.search_space().default_lr if not self.space.startswith("<") else 0.025
 
     # -- derived values ---------------------------------------------------------------------
+    def search_space(self):
+        """The :class:`sldarts.spaces.SearchSpace` that ``space`` names."""
+        from sldarts.spaces import get_space
+
+        return get_space(self.space)
+
     @property
     def num_cells(self) -> int:
-        """Cells per stage on NB201 (N=5) or total cells on DARTS (layers=8), unless set."""
-        if self.cells:
-            return self.cells
-        return 5 if self.space == "nb201" else 8
+        """``cells``, or the space's default (NB201: 5 per stage; DARTS: 8 in total)."""
+        return self.search_space().num_cells(self.cells)
 
     @property
     def arch_wd(self) -> float:
@@ -270,6 +314,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "nb201": dict(dataset="cifar10", epochs=200, batch_size=256, lr=0.1, lr_schedule="cosine", momentum=0.9,
                   nesterov=True, weight_decay=5e-4, cutout=0, drop_path=0.0, auxiliary_weight=0.0,
                   grad_clip=0.0, label_smoothing=0.0, channels=16, cells=5),
+    # A user model (space=pkg.mod:build): plain SGD with cosine decay and crop + flip, nothing else.
+    "plain": dict(epochs=50, batch_size=64, lr=0.025, lr_schedule="cosine", momentum=0.9, nesterov=False,
+                  weight_decay=3e-4, cutout=0, drop_path=0.0, auxiliary_weight=0.0, grad_clip=5.0,
+                  label_smoothing=0.0),
 }
 
 
@@ -281,7 +329,7 @@ class RetrainConfig(RunOptions):
     source_run: str = ""  # a search run directory
     genotype: str = ""  # a built-in DARTS cell name or a genotype JSON file
     arch: str = ""  # an NB201 arch string
-    dataset: str = field(default="cifar10", metadata=_choice(*DATASETS))
+    dataset: str = field(default="cifar10", metadata={"check": _check_dataset})
     data_root: str = "data"
     epochs: int = field(default=600, metadata=_range(1))
     batch_size: int = field(default=96, metadata=_range(1))
@@ -310,15 +358,36 @@ class RetrainConfig(RunOptions):
                                "or --arch STRING")
 
 
+def _default_recipe(values: dict[str, Any]) -> str:
+    """The recipe of the retrained architecture's space (an NB201 arch string: the benchmark's own)."""
+    from sldarts.cells import resolve_cell
+
+    try:
+        space, _ = resolve_cell(values.get("source_run") or None, values.get("genotype") or None,
+                                values.get("arch") or None)
+    except SldartsError:
+        return "darts-cifar"  # the config check that follows names the problem
+    return space.default_recipe
+
+
 def load_retrain_config(path: str | Path | None, overrides: dict[str, Any]) -> RetrainConfig:
     """Defaults < recipe < YAML file < overrides; the recipe may be named in the file or the overrides."""
     file_values = read_yaml(path) if path is not None else {}
     merged = {**file_values, **overrides}
-    default = "nb201" if merged.get("arch") else "darts-cifar"  # an NB201 arch string: the benchmark's recipe
-    recipe = merged.get("recipe", default)
+    recipe = merged.get("recipe") or _default_recipe(merged)
     if recipe not in RECIPES:
         raise SldartsError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}"
                            + _suggest(str(recipe), RECIPES))
     base = dict(RECIPES[recipe], recipe=recipe)
+    if "dataset" not in RECIPES[recipe]:  # a recipe for any data: the search's data set by default
+        base.update(_searched_data(merged.get("source_run")))
     base.update(file_values)
     return load_config(None, overrides, base=base, schema=RetrainConfig)
+
+
+def _searched_data(run_dir: str | None) -> dict[str, Any]:
+    saved = Path(run_dir) / "config.yaml" if run_dir else None
+    if saved is None or not saved.exists():
+        return {}
+    old = yaml.safe_load(saved.read_text()) or {}
+    return {k: old[k] for k in ("dataset", "data_root") if k in old}

@@ -23,7 +23,7 @@ from typing import Any
 
 from sldarts.errors import SldartsError
 
-DATASETS = ("cifar10", "cifar100", "imagenet16-120")
+BENCHMARK_SETS = ("cifar10", "cifar100", "imagenet16-120")
 SPLITS = ("valid", "test")
 ENV = "SLDARTS_NB201"  # environment variable naming the benchmark
 # (dataset, split) -> (benchmark's data set name, metric key)
@@ -56,7 +56,7 @@ class Benchmark:
         """The best valid / test accuracy in the benchmark for each data set (the tables' last row)."""
         results = [self.query(a) for a in self.archs()]
         out: dict[str, Any] = {"index": None, "arch": "optimal"}
-        for d in DATASETS:
+        for d in BENCHMARK_SETS:
             out[d] = {}
             for s in SPLITS:
                 vals = [r[d][s] for r in results if r[d][s] is not None]
@@ -80,7 +80,7 @@ class CsvBenchmark(Benchmark):
                     self.rows[row["arch"]] = row
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise SldartsError(f"cannot read benchmark table {path}: {exc}") from None
-        self.columns = {(d, s): _column(d, s) for d in DATASETS for s in SPLITS if _column(d, s) in fields}
+        self.columns = {(d, s): _column(d, s) for d in BENCHMARK_SETS for s in SPLITS if _column(d, s) in fields}
 
     def _value(self, row: dict[str, str], key: tuple[str, str]) -> float | None:
         col = self.columns.get(key)
@@ -96,7 +96,7 @@ class CsvBenchmark(Benchmark):
         if row is None:
             raise SldartsError(f"arch {arch} is not in the benchmark {self.path}")
         out: dict[str, Any] = {"index": int(row["index"]), "arch": arch}
-        for d in DATASETS:
+        for d in BENCHMARK_SETS:
             out[d] = {s: self._value(row, (d, s)) for s in SPLITS}
         return out
 
@@ -125,7 +125,7 @@ class ApiBenchmark(Benchmark):
         if index is None or index < 0:
             raise SldartsError(f"arch {arch} is not in the benchmark {self.path}")
         out: dict[str, Any] = {"index": int(index), "arch": arch}
-        for d in DATASETS:
+        for d in BENCHMARK_SETS:
             out[d] = {s: self._get(index, (d, s)) for s in SPLITS}
         return out
 
@@ -182,6 +182,6 @@ def table3(rows: list[tuple[str, dict[str, Any]]]) -> str:
     lines = ["| Method | CIFAR-10 valid | CIFAR-10 test | CIFAR-100 valid | CIFAR-100 test | "
              "ImageNet16-120 valid | ImageNet16-120 test |", "| --- |" + " --- |" * 6]
     for name, r in rows:
-        cells = [r[d][s] for d in DATASETS for s in SPLITS]
+        cells = [r[d][s] for d in BENCHMARK_SETS for s in SPLITS]
         lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in cells) + " |")
     return "\n".join(lines)

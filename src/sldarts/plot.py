@@ -5,41 +5,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sldarts.errors import SldartsError
-
-
-@dataclass
-class CellGraph:
-    """Nodes (id, label, kind: input|node|output) and edges (src, dst, op label or '')."""
-
-    name: str
-    nodes: list[tuple[str, str, str]]
-    edges: list[tuple[str, str, str]]
-
-
-def darts_graph(genotype: dict[str, Any], cell: str) -> CellGraph:
-    pairs, concat = genotype[cell], genotype[f"{cell}_concat"]
-    steps = len(pairs) // 2
-    names = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(steps)]
-    nodes = [(names[0], names[0], "input"), (names[1], names[1], "input")]
-    nodes += [(str(i), str(i), "node") for i in range(steps)] + [("c_{k}", "c_{k}", "output")]
-    edges = [(names[src], str(k // 2), op) for k, (op, src) in enumerate(pairs)]
-    edges += [(names[c], "c_{k}", "") for c in concat]
-    return CellGraph(cell, nodes, edges)
-
-
-def nb201_graph(arch: str) -> CellGraph:
-    from sldarts.spaces.nb201 import EDGES, parse_arch
-
-    ops = parse_arch(arch)
-    kinds = {0: "input", 3: "output"}
-    nodes = [(str(i), f"node {i}", kinds.get(i, "node")) for i in range(4)]
-    edges = [(str(i), str(j), op) for (j, i), op in zip(EDGES, ops, strict=True) if op != "none"]
-    return CellGraph("cell", nodes, edges)
+from sldarts.spaces import CellGraph, SearchSpace, get_space
 
 
 def to_dot(g: CellGraph) -> str:
@@ -108,12 +78,13 @@ def draw_matplotlib(g: CellGraph, paths: list[Path]) -> None:
     plt.close(fig)
 
 
-def plot_cells(space: str, arch: Any, prefix: str | Path, formats: tuple[str, ...] = ("png", "pdf"),
+def plot_cells(space: SearchSpace | str, arch: Any, prefix: str | Path, formats: tuple[str, ...] = ("png", "pdf"),
                use_graphviz: bool | None = None) -> list[Path]:
     """Write PREFIX_<cell>.dot and the rendered files for each cell type; returns the paths written."""
+    space = get_space(space) if isinstance(space, str) else space
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    graphs = [nb201_graph(arch)] if space == "nb201" else [darts_graph(arch, c) for c in ("normal", "reduce")]
+    graphs = space.graphs(arch)
     dot_bin = shutil.which("dot") if use_graphviz is not False else None
     written: list[Path] = []
     for g in graphs:

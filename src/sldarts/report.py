@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from sldarts.errors import SldartsError
-from sldarts.lookup import DATASETS, SPLITS
+from sldarts.lookup import BENCHMARK_SETS, SPLITS
 
 IGNORED = {"seed", "out", "resume", "overwrite", "device", "progress", "workers", "threads", "log_every",
            "benchmark"}
@@ -44,7 +44,7 @@ def metrics(result: dict[str, Any]) -> dict[str, float]:
     """The numbers a point contributes to its row."""
     bench = result.get("benchmark")
     if bench:
-        return {f"{NAMES[d]} {s}": bench[d][s] for d in DATASETS for s in SPLITS if bench[d][s] is not None}
+        return {f"{NAMES[d]} {s}": bench[d][s] for d in BENCHMARK_SETS for s in SPLITS if bench[d][s] is not None}
     out = {"param-free ratio": result["param_free_ratio"]}
     if result.get("valid_acc") is not None:
         out = {"supernet acc": 100.0 * result["valid_acc"], **out}

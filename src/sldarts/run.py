@@ -10,90 +10,134 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import signal
 import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from torch import Tensor
 
 from sldarts import checkpoint as ckpt
 from sldarts.distributed import all_sum, barrier, broadcast_buffers, setup
 from sldarts.errors import SldartsError
 from sldarts.progress import Progress
+from sldarts.rundir import append_line, prepare_run_dir, read_metrics
 
-# Keys that may differ between a run and its resumption without changing what it computes (beyond float
-# rounding); channels_last also lets runs written before it existed resume.
-OPERATIONAL = {"resume", "overwrite", "device", "progress", "workers", "threads", "log_every", "out", "benchmark",
-               "channels_last"}
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json", "log.txt", "genotype.json")
+__all__ = ["EpochRun", "StepOutput", "StopSignal", "Stop", "accuracy", "all_finite", "autocast_for",
+           "read_metrics", "skipped_step"]
 
+
+@dataclass
+class StepOutput:
+    """What one training step reports to the loop."""
+
+    loss: Tensor  # detached scalar, on the device (no host sync)
+    correct: Tensor  # detached count of correct top-1 predictions
+    count: int
+    skipped: bool = False  # nan_policy=skip dropped this batch
+
+
+def all_finite(tensors) -> bool:
+    """One host sync: whether every given tensor (None entries ignored) is finite."""
+    flags = [torch.isfinite(t).all() for t in tensors if t is not None]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def skipped_step(device: torch.device) -> StepOutput:
+    zero = torch.zeros((), device=device)
+    return StepOutput(zero, zero, 0, skipped=True)
+
+
+def autocast_for(amp: str, device: torch.device):
+    dtype = {"bf16": torch.bfloat16}.get(amp)
+    return partial(torch.autocast, device.type, dtype=dtype) if dtype is not None else nullcontext
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, loader, topk: tuple[int, ...] = (1,)) -> list[float]:
+    """Top-k accuracies over a loader's epoch 0, summed over ranks; handles (logits, aux) outputs."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    hits = [torch.zeros((), device=device, dtype=torch.float64) for _ in topk]
+    count = torch.zeros((), device=device, dtype=torch.float64)
+    for x, y in loader.epoch(0):
+        out = model(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        top = logits.topk(min(max(topk), logits.shape[1]), dim=1).indices
+        for i, k in enumerate(topk):
+            hits[i] += (top[:, :k] == y[:, None]).any(1).sum()
+        count += len(y)
+    model.train(was)
+    *hits, count = all_sum(*hits, count)
+    return [float(h / count.clamp_min(1)) for h in hits]
+
+
+@dataclass
+class Partial:
+    """Sums of an epoch interrupted by a graceful stop, kept in the checkpoint to finish it exactly."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    seconds: float = 0.0
+    skipped: float = 0.0
+
+
+class StopSignal:
+    """SIGTERM/SIGINT (or :meth:`request_stop`) asks the loop to stop after the current step. Under
+    torchrun every rank must stop at the same step, so the ranks agree (an all-reduce of the flag) at the
+    progress points only, keeping the step itself sync-free."""
+
+    def __init__(self, world: int, device: torch.device) -> None:
+        self.world, self.device = world, device
+        self.signum: int | None = None
+        self.agreed = False
+        self._old: dict = {}
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        self.signum = signum
+
+    def _handler(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __enter__(self) -> StopSignal:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+    def check(self, at_sync_point: bool) -> bool:
+        """Whether to stop now (call after each step; ``at_sync_point`` on every rank alike)."""
+        if self.world == 1:
+            return self.signum is not None
+        if not at_sync_point:
+            return False
+        flag = torch.tensor([0.0 if self.signum is None else 1.0], device=self.device)
+        (flag,) = all_sum(flag)
+        self.agreed = bool(flag.item() > 0)
+        if self.agreed and self.signum is None:
+            self.signum = signal.SIGTERM
+        return self.agreed
+
+    def requested(self) -> bool:
+        """The decision at an epoch end (the ranks' common one under torchrun)."""
+        return self.agreed if self.world > 1 else self.signum is not None
 
 class Stop(Exception):
     """Raised inside the loop after a graceful stop's checkpoint is written."""
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a torn last line from a crash: everything before it is kept
-    return rows
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append one JSON line; a full disk is a clear error (the torn line is ignored when read back)."""
-    try:
-        with open(path, "a") as f:
-            f.write(line + "\n")
-            f.flush()
-    except OSError as exc:
-        raise SldartsError(f"cannot write {path} ({exc.strerror}); free space and resume=true "
-                           "(the last checkpoint is intact)") from None
-
-
-def prepare_run_dir(cfg: Any, default: Path, main: bool = True) -> tuple[Path, bool]:
-    """Create or check the run directory. Returns (path, resume requested and allowed)."""
-    out = Path(cfg.out) if cfg.out else default
-    saved = out / "config.yaml"
-    if saved.exists():
-        try:
-            old = yaml.safe_load(saved.read_text()) or {}
-        except yaml.YAMLError:
-            old = None
-        if cfg.overwrite:
-            if main:
-                for name in RUN_FILES:
-                    (out / name).unlink(missing_ok=True)
-                for extra in out.glob("cell*"):
-                    extra.unlink() if extra.is_file() else shutil.rmtree(extra)
-            return out, False
-        if not cfg.resume:
-            raise SldartsError(f"run directory {out} already holds a run; pass resume=true to continue it, "
-                               "overwrite=true to replace it, or out=DIR for a new one")
-        if not isinstance(old, dict):
-            raise SldartsError(f"{saved} is not a readable config; pass overwrite=true to start again")
-        new = cfg.to_dict()
-        diff = sorted(k for k in set(old) | set(new) if k not in OPERATIONAL and old.get(k) != new.get(k))
-        if diff:
-            k = diff[0]
-            raise SldartsError(f"run directory {out} holds a different run ({k}={old.get(k)!r} there, "
-                               f"{new.get(k)!r} now); use out=DIR for a new run or overwrite=true")
-        return out, True
-    if out.exists() and not out.is_dir():
-        raise SldartsError(f"out={out} is a file, not a directory")
-    if main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SldartsError(f"cannot create run directory {out}: {exc.strerror}") from None
-    return out, False
 
 
 class EpochRun:
@@ -123,9 +167,8 @@ class EpochRun:
         self.build()
         self.epoch = 0  # epochs completed
         self.step_in_epoch = 0  # steps completed within the current epoch (graceful stop)
-        self.partial = self._zero()
-        self._stop_signal: int | None = None
-        self._agreed_stop = False  # the ranks' common decision (torchrun)
+        self.partial = Partial()
+        self.stop = StopSignal(self.dist.world, self.device)
         self.skipped_steps = 0  # non-finite batches dropped in the last epoch (nan_policy=skip)
         self.resuming = resuming and (self.out / "checkpoint.pt").exists()
         if self.resuming:
@@ -172,14 +215,10 @@ class EpochRun:
         """Rank 0, after result.json: optional extras (figures) whose failure must not fail the run."""
 
     # -- checkpointing ----------------------------------------------------------------------
-    @staticmethod
-    def _zero() -> dict[str, float]:
-        return {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0, "skipped": 0.0}
-
     def _save(self) -> None:
         if self.dist.main:
             state = {name: obj.state_dict() for name, obj in self.stateful().items()}
-            state.update(epoch=self.epoch, step_in_epoch=self.step_in_epoch, partial=dict(self.partial),
+            state.update(epoch=self.epoch, step_in_epoch=self.step_in_epoch, partial=asdict(self.partial),
                          rng=ckpt.rng_state(), world=self.dist.world)
             ckpt.save(self.out / "checkpoint.pt", self.kind, state)
         barrier()
@@ -191,7 +230,7 @@ class EpochRun:
             for name, obj in self.stateful().items():
                 obj.load_state_dict(st[name])
             self.epoch, self.step_in_epoch = int(st["epoch"]), int(st["step_in_epoch"])
-            self.partial = {k: float(v) for k, v in st["partial"].items()}
+            self.partial = Partial(**{k: float(v) for k, v in st["partial"].items()})
             ckpt.set_rng_state(st["rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise SldartsError(f"checkpoint {path} does not fit this run "
@@ -213,32 +252,6 @@ class EpochRun:
             append_line(self.out / "metrics.jsonl", json.dumps(row))
         return row
 
-    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
-        self._stop_signal = signum
-
-    def _install_signals(self) -> dict:
-        old = {}
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                old[s] = signal.signal(s, self._on_signal)
-            except ValueError:  # not the main thread
-                pass
-        return old
-
-    def _stop_requested(self, k: int, steps: int) -> bool:
-        """Whether to stop after step k. Under torchrun all ranks must stop at the same step, so they
-        agree (an all-reduce of the flag) at the progress points only, keeping the step itself sync-free."""
-        if self.dist.world == 1:
-            return self._stop_signal is not None
-        if not (self.progress.wants(k) or k == steps):
-            return False
-        flag = torch.tensor([0.0 if self._stop_signal is None else 1.0], device=self.device)
-        (flag,) = all_sum(flag)
-        self._agreed_stop = bool(flag.item() > 0)
-        if self._agreed_stop and self._stop_signal is None:
-            self._stop_signal = signal.SIGTERM
-        return self._agreed_stop
-
     def check_finite(self, loss_sum: torch.Tensor | float, where: str) -> None:
         if not math.isfinite(float(loss_sum)) or not self.params_finite():
             raise SldartsError(
@@ -254,12 +267,12 @@ class EpochRun:
         steps, start = len(loader), self.step_in_epoch
         self.begin_epoch(e * steps + start)
         self.model.train()
-        loss_sum = torch.tensor(self.partial["loss"], device=self.device, dtype=torch.float64)
-        correct = torch.tensor(self.partial["correct"], device=self.device, dtype=torch.float64)
-        count = self.partial["count"]
-        t0 = time.time() - self.partial["seconds"]
+        loss_sum = torch.tensor(self.partial.loss, device=self.device, dtype=torch.float64)
+        correct = torch.tensor(self.partial.correct, device=self.device, dtype=torch.float64)
+        count = self.partial.count
+        t0 = time.time() - self.partial.seconds
         self.progress.start_epoch(e + 1, self.cfg.epochs, steps, start)
-        skipped = int(self.partial.get("skipped", 0))
+        skipped = int(self.partial.skipped)
         for k, (x, y) in enumerate(loader.epoch(e, start), start=start + 1):
             out = self.train_step(x, y)
             if out.skipped:
@@ -273,12 +286,11 @@ class EpochRun:
             if self.progress.wants(k):
                 self.check_finite(loss_sum, f"epoch {e + 1} step {k}")
                 self.progress.update(k, float(loss_sum) / count, float(correct) / count)
-            if self._stop_requested(k, steps) and k < steps:
-                self.partial = {"loss": float(loss_sum), "correct": float(correct), "count": count,
-                                "seconds": time.time() - t0, "skipped": skipped}
+            if self.stop.check(self.progress.wants(k) or k == steps) and k < steps:
+                self.partial = Partial(float(loss_sum), float(correct), count, time.time() - t0, skipped)
                 self.check_finite(loss_sum, f"epoch {e + 1} step {k}")
                 self._save()
-                raise Stop(f"stopped by signal {self._stop_signal} at epoch {e + 1} step {k}/{steps}")
+                raise Stop(f"stopped by signal {self.stop.signum} at epoch {e + 1} step {k}/{steps}")
         self.progress.end_epoch()
         seconds = time.time() - t0
         broadcast_buffers(self.model)
@@ -305,28 +317,24 @@ class EpochRun:
         if not self.resuming:
             self._record(0, None, None, 0.0, self.lr())
         started = time.time()
-        old = self._install_signals()
         try:
-            while self.epoch < cfg.epochs:
-                lr = self.lr()  # the rate this epoch trains with
-                loss, acc, seconds = self._train_epoch()
-                self.sched.step()
-                self.epoch += 1
-                self.step_in_epoch = 0
-                self.partial = self._zero()
-                row = self._record(self.epoch, loss, acc, seconds, lr)
-                self._save()
-                self.progress.message(f"epoch {self.epoch}/{cfg.epochs} loss {loss:.4f} train {acc:.2%} "
-                                      f"{self.summary_line(row)} {seconds:.1f}s")
-                stop = self._agreed_stop if self.dist.world > 1 else self._stop_signal is not None
-                if stop and self.epoch < cfg.epochs:
-                    raise Stop(f"stopped by signal {self._stop_signal} after epoch {self.epoch}")
+            with self.stop:
+                while self.epoch < cfg.epochs:
+                    lr = self.lr()  # the rate this epoch trains with
+                    loss, acc, seconds = self._train_epoch()
+                    self.sched.step()
+                    self.epoch += 1
+                    self.step_in_epoch = 0
+                    self.partial = Partial()
+                    row = self._record(self.epoch, loss, acc, seconds, lr)
+                    self._save()
+                    self.progress.message(f"epoch {self.epoch}/{cfg.epochs} loss {loss:.4f} train {acc:.2%} "
+                                          f"{self.summary_line(row)} {seconds:.1f}s")
+                    if self.stop.requested() and self.epoch < cfg.epochs:
+                        raise Stop(f"stopped by signal {self.stop.signum} after epoch {self.epoch}")
         except Stop as stop:
             self.progress.end_epoch()
             raise SldartsError(f"{stop}; checkpoint saved. Continue with: {self.resume_command()}") from None
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
         last = read_metrics(self.out / "metrics.jsonl")[-1:] if self.dist.main else []
         result = self.result(time.time() - started, last[0] if last else None)
         result.update(run_dir=str(self.out), config=cfg.to_dict())

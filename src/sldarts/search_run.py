@@ -1,67 +1,57 @@
-"""A search run: supernet + strategy in the shared epoch loop; derivation and result at the end."""
+"""A search run: supernet + strategy in the shared epoch loop; derivation and result at the end.
+
+The space object (:mod:`sldarts.spaces`) answers every space-specific question: the supernet, the key and
+format of the derived architecture, the evaluation network counted at the end, the cell drawing.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from sldarts.cells import derive, resolve_cell
 from sldarts.config import SearchConfig, load_config
-from sldarts.data import Cycle, SearchData, build_search_data
-from sldarts.distributed import all_sum
+from sldarts.data import DATASETS, Cycle, SearchData, build_search_data
 from sldarts.errors import SldartsError
 from sldarts.lookup import ENV, open_benchmark
-from sldarts.run import EpochRun, read_metrics
-from sldarts.spaces import Supernet, build_supernet
+from sldarts.run import EpochRun, accuracy, autocast_for
+from sldarts.spaces import SearchSpace, Supernet
 from sldarts.strategies import make_optimizers, make_strategy
 
-
-def arch_key(space: str) -> str:
-    return "arch" if space == "nb201" else "genotype"
-
-
-def autocast_for(amp: str, device: torch.device):
-    dtype = {"bf16": torch.bfloat16}.get(amp)
-    return partial(torch.autocast, device.type, dtype=dtype) if dtype is not None else nullcontext
-
-
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, loader, topk: tuple[int, ...] = (1,)) -> list[float]:
-    """Top-k accuracies over a loader's epoch 0, summed over ranks; handles (logits, aux) outputs."""
-    was = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    hits = [torch.zeros((), device=device, dtype=torch.float64) for _ in topk]
-    count = torch.zeros((), device=device, dtype=torch.float64)
-    for x, y in loader.epoch(0):
-        out = model(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        top = logits.topk(min(max(topk), logits.shape[1]), dim=1).indices
-        for i, k in enumerate(topk):
-            hits[i] += (top[:, :k] == y[:, None]).any(1).sum()
-        count += len(y)
-    model.train(was)
-    *hits, count = all_sum(*hits, count)
-    return [float(h / count.clamp_min(1)) for h in hits]
+__all__ = ["SearchRun", "auto_lr_search", "derive", "resolve_cell", "search"]
 
 
 class SearchRun(EpochRun):
     kind = "search"
+
+    def __init__(self, cfg: SearchConfig, *, model: torch.nn.Module | None = None, train_data: Any = None,
+                 valid_data: Any = None) -> None:
+        """``model``: a user network with sldarts.nn choices (else ``cfg.space`` builds the supernet);
+        ``train_data``/``valid_data``: map-style datasets (else ``cfg.dataset`` names the data)."""
+        self._user_model, self._train_data, self._valid_data = model, train_data, valid_data
+        super().__init__(cfg)
 
     def default_dir(self) -> Path:
         return Path("runs") / self.cfg.run_name
 
     def build(self) -> None:
         cfg = self.cfg
-        self.data: SearchData = build_search_data(cfg, self.device, self.dist.rank, self.dist.world)
+        self.data: SearchData = build_search_data(cfg, self.device, self.dist.rank, self.dist.world,
+                                                  self._train_data, self._valid_data)
         self.train_loader = self.data.train
-        self.model: Supernet = build_supernet(cfg, self.data.info.num_classes, self.data.info.in_channels)
+        info = self.data.info
+        if self._user_model is not None:
+            from sldarts.spaces.model import ModelSpace
+
+            model = self._user_model
+            self.space: SearchSpace = ModelSpace(lambda num_classes, in_channels: model, cfg.space)
+        else:
+            self.space = cfg.search_space()
+        self.model: Supernet = self.space.supernet(cfg, info.num_classes, info.in_channels)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -85,7 +75,7 @@ class SearchRun(EpochRun):
             self.probe = Probe(self.model, cfg.analysis_cells, self.out / "analysis.jsonl")
         self._gstep = 0
         self.benchmark = None
-        if cfg.space == "nb201" and self.dist.main and (cfg.benchmark or os.environ.get(ENV)):
+        if self.space.benchmark and self.dist.main and (cfg.benchmark or os.environ.get(ENV)):
             self.benchmark = open_benchmark(cfg.benchmark or None)
 
     def stateful(self) -> dict[str, Any]:
@@ -97,7 +87,8 @@ class SearchRun(EpochRun):
                 + (f", {self.data.arch.num_samples} for α" if self.data.arch is not None else "")
                 + f"), optim={cfg.optim}{'' if cfg.optim == 'single' else f' order={cfg.order}'} "
                 f"activation={cfg.activation} lr={cfg.lr:g}, {cfg.epochs} epochs x {len(self.data.train)} steps "
-                f"on {self.device}" + (f" x {self.dist.world} processes" if self.dist.world > 1 else ""))
+                f"on {self.device}" + (f" x {self.dist.world} processes" if self.dist.world > 1 else "")
+                + (f"; {self.data.note}" if self.data.note else ""))
 
     def _load(self) -> None:
         super()._load()
@@ -126,7 +117,7 @@ class SearchRun(EpochRun):
     def measure(self) -> dict[str, Any]:
         arch = self.model.derive()
         row = {"valid_acc": accuracy(self.model, self.data.eval)[0], **self.model.alpha_state(),
-               arch_key(self.cfg.space): arch, "param_free_ratio": self.model.param_free_ratio(arch)}
+               self.space.arch_key: arch, "param_free_ratio": self.model.param_free_ratio(arch)}
         if self.benchmark is not None:
             row["benchmark"] = self.benchmark.query(arch)
         if self.probe is not None:
@@ -135,7 +126,7 @@ class SearchRun(EpochRun):
         return row
 
     def summary_line(self, row: dict[str, Any]) -> str:
-        key = arch_key(self.cfg.space)
+        key = self.space.arch_key
         extra = ""
         if "analysis_seconds" in row and row.get("seconds"):
             a = row["analysis_seconds"]
@@ -147,7 +138,8 @@ class SearchRun(EpochRun):
         cfg = self.cfg
         arch = self.model.derive()
         ratio = self.model.param_free_ratio(arch)
-        out: dict[str, Any] = {"space": cfg.space, arch_key(cfg.space): arch, "param_free_ratio": ratio,
+        out: dict[str, Any] = {"space": cfg.space, "arch_key": self.space.arch_key, self.space.arch_key: arch,
+                               "param_free_ratio": ratio,
                                "valid_acc": last["valid_acc"] if last else None, "epochs": cfg.epochs,
                                "seconds": round(seconds, 1)}
         if self.benchmark is not None:
@@ -158,43 +150,79 @@ class SearchRun(EpochRun):
             out["warning"] = (
                 f"parameter-free ratio {ratio:.2f} exceeds {cfg.param_free_threshold}: the search may have "
                 f"collapsed; the paper advises a lower weight learning rate (lr={cfg.lr:g} now, try "
-                f"lr={cfg.lr / 5:g})")
+                f"lr={cfg.lr / cfg.auto_lr_factor:g}, or auto_lr=true)")
         return out
 
-    def _complexity(self, arch: Any) -> dict[str, Any]:
-        """Params and MACs of the derived cell's evaluation network (DARTS: C=36/20 cells on CIFAR-size
-        data sets, C=48/14 cells on ImageNet; NB201: the benchmark's network)."""
-        from sldarts.evaluate.complexity import DATASETS, complexity
+    def _complexity(self, arch: Any) -> dict[str, Any] | None:
+        """Params and MACs of the derived architecture's evaluation network: for built-in spaces on the
+        published setting of its data set (CIFAR-10's for data sets without one), for user models on the
+        searched data's shape."""
+        from sldarts.evaluate.complexity import complexity, summary
 
-        ds = self.cfg.dataset if self.cfg.dataset in DATASETS else "cifar10"
-        if self.cfg.space == "nb201" and ds == "imagenet":
-            ds = "imagenet16-120"
-        return {"dataset": ds, **complexity(self.cfg.space, arch, ds)}
+        try:
+            ds = self.space.complexity_dataset(self.cfg.dataset)
+            if ds is not None:
+                return {"dataset": ds, **complexity(self.space, arch, ds)}
+            info = self.data.info
+            net = self.space.eval_network(arch, info.num_classes, info.in_channels, dataset=self.cfg.dataset)
+            return {"dataset": self.cfg.dataset, **summary(net, self.data.sample_shape)}
+        except SldartsError:  # a space without an evaluation network
+            return None
 
     def artifacts(self, result: dict[str, Any]) -> dict[str, str]:
-        if self.cfg.space == "darts":
-            return {"genotype.json": json.dumps(result["genotype"], indent=1) + "\n"}
-        return {}
-
+        return self.space.artifacts(result[self.space.arch_key])
 
     def on_finish(self, result: dict[str, Any]) -> None:
         from sldarts.plot import plot_cells
 
         try:
-            plot_cells(self.cfg.space, result[arch_key(self.cfg.space)], self.out / "cell", formats=("png",))
+            plot_cells(self.space, result[self.space.arch_key], self.out / "cell", formats=("png",))
         except (SldartsError, OSError) as exc:
             self.progress.message(f"cell diagram not drawn: {exc}")
+        for line in closing_lines(self.cfg, self.space, result, self.out):
+            self.progress.message(line)
 
 
-def search(config: SearchConfig | None = None, **overrides: Any) -> dict[str, Any]:
-    """Python API: ``sldarts.search(space="nb201", epochs=1)`` runs a search and returns its result."""
+def closing_lines(cfg: SearchConfig, space: SearchSpace, result: dict[str, Any], out: Path) -> list[str]:
+    """What the result means and what to run next, for someone who just ran their first search."""
+    arch = result[space.arch_key]
+    lines = [f"derived: {space.format(arch)}",
+             f"parameter-free share {result['param_free_ratio']:.2f} (skip, pooling, none among the chosen ops; "
+             f"the paper's threshold {cfg.param_free_threshold})"]
+    if cfg.dataset == "digits":
+        lines.append("digits are 8x8 images on which skip connections are genuinely strong (docs/analysis.md): a "
+                     "high share here says more about the data than the method; on CIFAR-10 images single-level "
+                     "+ sigmoid derives mostly convolutions")
+    nxt = [f"sldarts derive {out}"]
+    if space.benchmark:
+        nxt.append(f"sldarts lookup {out} --benchmark FILE")
+    nxt += [f"sldarts retrain {out} epochs=... data_root=...", "your own model and data: docs/custom.md"]
+    if DATASETS.get(cfg.dataset) is DATASETS["digits"]:
+        nxt.insert(1, "sldarts search dataset=cifar10 data_root=DIR")
+    lines.append("next: " + " | ".join(nxt))
+    return lines
+
+
+def search(config: SearchConfig | None = None, *, model: torch.nn.Module | None = None, train_data: Any = None,
+           valid_data: Any = None, **overrides: Any) -> dict[str, Any]:
+    """Python API: ``sldarts.search(space="nb201", epochs=1)`` runs a search and returns its result.
+
+    ``model``: any ``nn.Module`` with :mod:`sldarts.nn` choices (searched in place: its weights are the
+    supernet's); ``train_data``/``valid_data``: map-style datasets of ``(tensor, int)``. Every other keyword
+    is a config key."""
     cfg = config or SearchConfig()
+    base = cfg.to_dict()
+    if model is not None and "space" not in overrides:
+        overrides["space"] = f"<model:{type(model).__name__}>"
+    if train_data is not None and "dataset" not in overrides:
+        overrides["dataset"] = f"<dataset:{type(train_data).__name__}>"
     if overrides:
-        cfg = load_config(None, overrides, base=cfg.to_dict())
-    return auto_lr_search(cfg) if cfg.auto_lr else SearchRun(cfg).run()
+        cfg = load_config(None, overrides, base=base)
+    objects = dict(model=model, train_data=train_data, valid_data=valid_data)
+    return auto_lr_search(cfg, **objects) if cfg.auto_lr else SearchRun(cfg, **objects).run()
 
 
-def auto_lr_search(cfg: SearchConfig) -> dict[str, Any]:
+def auto_lr_search(cfg: SearchConfig, **objects: Any) -> dict[str, Any]:
     """The paper's advice as a loop: while a finished search's parameter-free ratio exceeds the threshold,
     search again with lr / auto_lr_factor, at most auto_lr_tries times. Every try is a run directory
     (try1, try2, ...) and is listed in auto_lr.json; the last try's result is returned."""
@@ -207,9 +235,10 @@ def auto_lr_search(cfg: SearchConfig) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for t in range(1, cfg.auto_lr_tries + 1):
         sub = cfg.replace(out=str(base / f"try{t}"), lr=lr, auto_lr=False)
-        result = SearchRun(sub).run()
-        tries.append({"try": t, "lr": lr, "param_free_ratio": result["param_free_ratio"],
-                      arch_key(cfg.space): result[arch_key(cfg.space)], "run_dir": str(base / f"try{t}")})
+        result = SearchRun(sub, **objects).run()
+        key = result["arch_key"]
+        tries.append({"try": t, "lr": lr, "param_free_ratio": result["param_free_ratio"], key: result[key],
+                      "run_dir": str(base / f"try{t}")})
         ckpt.atomic_write_text(base / "auto_lr.json", json.dumps(tries, indent=1) + "\n")
         if result["param_free_ratio"] <= cfg.param_free_threshold:
             break
@@ -217,39 +246,3 @@ def auto_lr_search(cfg: SearchConfig) -> dict[str, Any]:
     result = dict(result, auto_lr=tries)
     ckpt.atomic_write_text(base / "result.json", json.dumps(result, indent=1) + "\n")
     return result
-
-
-def derive(run_dir: str | Path) -> dict[str, Any]:
-    """The derived architecture of a run: from result.json when finished, else the last metrics line."""
-    run = Path(run_dir)
-    if (run / "result.json").exists():
-        res = json.loads((run / "result.json").read_text())
-        key = arch_key(res["space"])
-        return {"space": res["space"], key: res[key], "param_free_ratio": res["param_free_ratio"],
-                "finished": True}
-    rows = read_metrics(run / "metrics.jsonl")
-    if not rows:
-        raise SldartsError(f"{run} is not a search run directory (no result.json or metrics.jsonl)")
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
-    space = cfg.get("space", "nb201" if "arch" in rows[-1] else "darts")
-    key = arch_key(space)
-    return {"space": space, key: rows[-1][key], "param_free_ratio": rows[-1]["param_free_ratio"],
-            "epoch": rows[-1]["epoch"], "finished": False}
-
-
-def resolve_cell(run_dir: str | Path | None = None, genotype: str | None = None,
-                 arch: str | None = None) -> tuple[str, Any]:
-    """(space, cell) from exactly one of: a search run directory, a DARTS genotype name or JSON file,
-    an NB201 arch string."""
-    if sum(bool(v) for v in (run_dir, genotype, arch)) != 1:
-        raise SldartsError("give exactly one of a run directory, --genotype NAME_OR_FILE or --arch STRING")
-    if run_dir:
-        d = derive(run_dir)
-        return d["space"], d.get("arch", d.get("genotype"))
-    if genotype:
-        from sldarts.spaces.genotypes import resolve_genotype
-
-        return "darts", resolve_genotype(genotype)
-    from sldarts.spaces.nb201 import format_arch, parse_arch
-
-    return "nb201", format_arch(parse_arch(str(arch)))

@@ -13,39 +13,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from sldarts.errors import SldartsError
+from sldarts.registry import Registry
+from sldarts.run import StepOutput, all_finite, skipped_step
 from sldarts.spaces.base import Supernet
 
 Batch = tuple[Tensor, Tensor]
 
 
-@dataclass
-class StepOutput:
-    loss: Tensor  # detached scalar, on the device (no host sync)
-    correct: Tensor  # detached count of correct top-1 predictions
-    count: int
-    skipped: bool = False  # nan_policy=skip dropped this batch
-
-
-def all_finite(tensors) -> bool:
-    """One host sync: whether every given tensor (None entries ignored) is finite."""
-    flags = [torch.isfinite(t).all() for t in tensors if t is not None]
-    return bool(torch.stack(flags).all()) if flags else True
-
-
-def skipped_step(device: torch.device) -> StepOutput:
-    zero = torch.zeros((), device=device)
-    return StepOutput(zero, zero, 0, skipped=True)
-
-
 class Strategy:
+    """One training step. ``optim``/``order`` are the config values that select it (see :data:`STRATEGIES`)."""
+
     name = "base"
+    optim = ""
+    order = 1
 
     def __init__(self, model: Supernet, net: nn.Module, w_opt: torch.optim.Optimizer,
                  a_opt: torch.optim.Optimizer, *, grad_clip: float = 5.0,
@@ -56,6 +43,11 @@ class Strategy:
         self.grad_clip = grad_clip
         self.autocast = autocast
         self.loss_fn = nn.CrossEntropyLoss()
+
+    @classmethod
+    def options(cls, cfg) -> dict:
+        """Constructor keywords this strategy reads from the config."""
+        return {}
 
     def loss(self, x: Tensor, y: Tensor, net: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         with self.autocast():
@@ -87,6 +79,7 @@ class SingleLevel(Strategy):
     """w and α updated together from the same mini-batch in one backward pass (paper, eq. 3)."""
 
     name = "single"
+    optim = "single"
 
     def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
         self.w_opt.zero_grad(set_to_none=True)
@@ -115,6 +108,7 @@ class FirstOrder(Strategy):
     """Bi-level, first order: α from its own batch (held-out split, or another training batch)."""
 
     name = "bilevel1"
+    optim = "bilevel"
 
     def arch_grads(self, x: Tensor, y: Tensor) -> list[Tensor]:
         # Only α's gradient is needed: autograd.grad skips every weight-gradient kernel.
@@ -152,6 +146,12 @@ class SecondOrder(FirstOrder):
     w' = w − η(μ·m + ∇w L_train + λw) the one-step unrolled weights."""
 
     name = "bilevel2"
+    optim = "bilevel"
+    order = 2
+
+    @classmethod
+    def options(cls, cfg) -> dict:
+        return {"unroll_r": cfg.unroll_r}
 
     def __init__(self, *args, unroll_r: float = 0.01, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -180,7 +180,7 @@ class SecondOrder(FirstOrder):
         # Evaluate L_val at w' without touching the real buffers (BN statistics).
         state = {n: b.clone() for n, b in self.model.named_buffers()}
         state.update(dict(zip(names, unrolled, strict=True)))
-        state.update({f"arch.{k}": a for k, a in self.model.arch.items()})
+        state.update(self.model.named_alphas())
         with self.autocast():
             logits = functional_call(self.model, state, (xv,))
         loss_v = self.loss_fn(logits.float(), yv)
@@ -226,10 +226,24 @@ def make_optimizers(model: Supernet, cfg) -> tuple[torch.optim.Optimizer, torch.
     return w_opt, a_opt
 
 
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", group="sldarts.strategies")
+for _cls in (SingleLevel, FirstOrder, SecondOrder):
+    STRATEGIES.register(_cls)
+
+
+def optims() -> tuple[str, ...]:
+    """The config's ``optim`` choices, from the registered strategies."""
+    return tuple(dict.fromkeys(cls.optim for _, cls in STRATEGIES.items()))
+
+
+def strategy_class(optim: str, order: int) -> type[Strategy]:
+    for _, cls in STRATEGIES.items():
+        if cls.optim == optim and (cls.order == order or optim == "single"):
+            return cls
+    raise SldartsError(f"no strategy for optim={optim} order={order}")
+
+
 def make_strategy(cfg, model: Supernet, net: nn.Module, w_opt, a_opt, autocast=nullcontext) -> Strategy:
-    kw = dict(grad_clip=cfg.grad_clip, autocast=autocast, skip_nonfinite=cfg.nan_policy == "skip")
-    if cfg.optim == "single":
-        return SingleLevel(model, net, w_opt, a_opt, **kw)
-    if cfg.order == 1:
-        return FirstOrder(model, net, w_opt, a_opt, **kw)
-    return SecondOrder(model, net, w_opt, a_opt, unroll_r=cfg.unroll_r, **kw)
+    kw: dict = dict(grad_clip=cfg.grad_clip, autocast=autocast, skip_nonfinite=cfg.nan_policy == "skip")
+    cls = strategy_class(cfg.optim, cfg.order)
+    return cls(model, net, w_opt, a_opt, **kw, **cls.options(cfg))

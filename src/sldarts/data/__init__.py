@@ -1,15 +1,20 @@
-"""Data for a search: read the set, split it the way the optimisation strategy needs, build loaders."""
+"""Data for a search: read the set, split it the way the optimisation strategy needs, build loaders.
+
+:data:`DATASETS` is the one catalogue of built-in data sets; ``dataset=pkg.mod:build`` (or ``file.py:build``)
+names a function returning ``(train, test)`` map-style datasets, and the Python API takes datasets directly.
+"""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from sldarts.config import SearchConfig
-from sldarts.data.loader import Cycle, StreamLoader, TensorLoader
+from sldarts.data.loader import Cycle, DatasetLoader, StreamLoader, TensorLoader, check_dataset, dataset_info
 from sldarts.data.readers import (
     C100_MEAN,
     C100_STD,
@@ -29,12 +34,36 @@ from sldarts.data.readers import (
     read_imagenet16,
 )
 from sldarts.errors import SldartsError
+from sldarts.registry import is_import_path, load_object
 
-Loader = TensorLoader | StreamLoader
+if TYPE_CHECKING:
+    from sldarts.config import SearchConfig
 
-__all__ = ["SearchData", "build_search_data", "load_arrays", "Cycle", "TensorLoader", "StreamLoader"]
+Loader = TensorLoader | StreamLoader | DatasetLoader
+
+__all__ = ["DATASETS", "SearchData", "build_search_data", "load_arrays", "Cycle", "TensorLoader", "StreamLoader",
+           "DatasetLoader"]
 
 TRAIN, ARCH, EVAL = 1, 2, 3  # random streams
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A built-in data set's shape: classes (None: read from the folders), channels, standard input side."""
+
+    num_classes: int | None
+    in_channels: int
+    side: int
+
+
+DATASETS: dict[str, DataSpec] = {
+    "digits": DataSpec(10, 1, 8),
+    "cifar10": DataSpec(10, 3, 32),
+    "cifar100": DataSpec(100, 3, 32),
+    "imagenet16-120": DataSpec(120, 3, 16),
+    "imagefolder": DataSpec(None, 3, 32),
+    "imagenet": DataSpec(1000, 3, 224),
+}
 
 
 @dataclass
@@ -43,9 +72,16 @@ class SearchData:
     train: Loader  # batches that update w (and α, in single-level)
     arch: Loader | None  # batches that update α in bi-level
     eval: Loader  # supernet validation accuracy
+    note: str = ""  # said once at the start (e.g. what valid_acc is measured on)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One input's shape (C, H, W), batch excluded."""
+        x, _ = next(iter(self.eval.epoch(0)))
+        return tuple(x.shape[1:])
 
 
-def load_arrays(name: str, root: str | Path) -> tuple[ArrayData, ArrayData, DatasetInfo]:
+def load_arrays(name: str, root: str | Path, size: int = 0) -> tuple[ArrayData, ArrayData, DatasetInfo]:
     """Read an in-memory data set: (train, test, info)."""
     root = Path(root)
     if name == "digits":
@@ -61,9 +97,10 @@ def load_arrays(name: str, root: str | Path) -> tuple[ArrayData, ArrayData, Data
         tr, te = read_imagenet16(root, 120)
         return tr, te, DatasetInfo(name, 120, 3, IN16_MEAN, IN16_STD, pad=2, flip=True)
     if name == "imagefolder":
-        tr, te, classes = read_image_folder(root)
+        tr, te, classes = read_image_folder(root, size)
         pad = max(tr.x.shape[-1] // 8, 1)
-        return tr, te, DatasetInfo(name, len(classes), 3, IN_MEAN, IN_STD, pad=pad, flip=True)
+        return tr, te, DatasetInfo(name, len(classes), 3, IN_MEAN, IN_STD, pad=pad, flip=True,
+                                   classes=tuple(classes))
     raise SldartsError(f"dataset {name!r} is not an in-memory data set")
 
 
@@ -90,7 +127,7 @@ def _imagenet_folders(cfg) -> tuple[list, list, list, list, DatasetInfo]:
     files, labels, classes = list_image_folder(root / "train")
     vfiles, vlabels, _ = list_image_folder(root / "val" if (root / "val").is_dir() else root / "test")
     keep = _fixed_order(len(vfiles))[:cfg.eval_samples or None]
-    info = DatasetInfo("imagenet", len(classes), 3, IN_MEAN, IN_STD, pad=0, flip=True)
+    info = DatasetInfo(cfg.dataset, len(classes), 3, IN_MEAN, IN_STD, pad=0, flip=True, classes=tuple(classes))
     return files, labels, [vfiles[i] for i in keep], [vlabels[i] for i in keep], info
 
 
@@ -108,11 +145,65 @@ def split_indices(n: int, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray | N
     return order[:keep], None
 
 
-def build_search_data(cfg: SearchConfig, device: torch.device, rank: int = 0, world: int = 1) -> SearchData:
+def user_datasets(spec: str, data_root: str) -> tuple[Any, Any]:
+    """``dataset=pkg.mod:build``: call ``build(data_root)`` (or ``build()``) for ``(train, test)`` datasets."""
+    build = load_object(spec, "dataset")
+    if not callable(build):
+        raise SldartsError(f"dataset {spec!r} is a {type(build).__name__}, not a function returning (train, test)")
+    try:
+        takes_root = len(inspect.signature(build).parameters) > 0
+    except (TypeError, ValueError):
+        takes_root = False
+    out = build(data_root) if takes_root else build()
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise SldartsError(f"dataset {spec!r} returned a {type(out).__name__}; it must return (train, test) datasets")
+    return out[0], out[1]
+
+
+def _dataset_search_data(cfg: SearchConfig, train: Any, valid: Any | None, bs: int, common: dict) -> SearchData:
+    """Search data from map-style datasets: ``valid`` (if any) gives the α batches of bi-level search and
+    the validation accuracy; without it bi-level splits ``train`` by ``train_portion``."""
+    check_dataset(train, "train_data")
+    if valid is not None:
+        check_dataset(valid, "valid_data")
+    info = dataset_info(train, cfg.dataset)
+    mk = lambda ds, idx, shuf, stream: DatasetLoader(ds, idx, bs, shuffle=shuf, stream=stream,  # noqa: E731
+                                                     workers=cfg.workers, **common)
+    note = ""
+    if valid is not None and cfg.optim == "bilevel" and cfg.arch_data == "valid":
+        w_idx = _fixed_order(len(train))[:cfg.train_samples or None]
+        a_idx: np.ndarray | None = np.arange(len(valid))
+        arch_set = valid
+    else:
+        w_idx, a_idx = split_indices(len(train), cfg)
+        arch_set = train
+    if valid is not None:
+        eval_set, e_idx = valid, _fixed_order(len(valid))
+    elif a_idx is not None:
+        eval_set, e_idx = train, a_idx
+    else:
+        eval_set, e_idx = train, w_idx
+        note = "no valid_data: valid_acc is measured on the training data"
+    e_idx = np.sort(e_idx[:cfg.eval_samples or None])
+    arch = None
+    if cfg.optim == "bilevel":
+        arch = mk(arch_set, a_idx if a_idx is not None else w_idx, True, ARCH)
+    return SearchData(info, mk(train, w_idx, True, TRAIN), arch, mk(eval_set, e_idx, False, EVAL), note)
+
+
+def build_search_data(cfg: SearchConfig, device: torch.device, rank: int = 0, world: int = 1,
+                      train_data: Any = None, valid_data: Any = None) -> SearchData:
     bs, common = _per_rank(cfg, device, rank, world)
-    if cfg.dataset == "imagenet":
-        return _imagenet(cfg, bs, common)
-    train, test, info = load_arrays(cfg.dataset, cfg.data_root)
+    if train_data is None and is_import_path(cfg.dataset) and cfg.dataset not in DATASETS:
+        train_data, valid_data = user_datasets(cfg.dataset, cfg.data_root)
+    if train_data is not None:
+        return _dataset_search_data(cfg, train_data, valid_data, bs, common)
+    if cfg.dataset.startswith("<"):
+        raise SldartsError(f"dataset {cfg.dataset} was a Python object passed to sldarts.search(train_data=...); "
+                           "pass the same data set again to continue this run")
+    if cfg.dataset == "imagenet" or (cfg.dataset == "imagefolder" and _too_big(cfg)):
+        return _streamed(cfg, bs, common)
+    train, test, info = load_arrays(cfg.dataset, cfg.data_root, cfg.image_size)
     w_idx, a_idx = split_indices(len(train.y), cfg)
     w_set = _subset(train, w_idx)
     a_set = _subset(train, a_idx) if a_idx is not None else w_set
@@ -123,12 +214,28 @@ def build_search_data(cfg: SearchConfig, device: torch.device, rank: int = 0, wo
     return SearchData(info, mk(w_set, cfg.augment, True, TRAIN), arch, mk(test, False, False, EVAL))
 
 
-def _imagenet(cfg: SearchConfig, bs: int, common: dict) -> SearchData:
+def _too_big(cfg: SearchConfig) -> bool:
+    """Whether an image folder, decoded at ``image_size`` (or its first image's size), exceeds
+    ``cache_limit_mb``: then it is streamed from disk by worker processes instead of held in memory."""
+    root = Path(cfg.data_root)
+    files, _, _ = list_image_folder(root / "train")
+    side = cfg.image_size
+    if not side:
+        from sldarts.data.readers import _decode_pil
+
+        w, h = _decode_pil(files[0]).size
+        side = max(w, h)
+    return len(files) * 3 * side * side > cfg.cache_limit_mb * 2**20
+
+
+def _streamed(cfg: SearchConfig, bs: int, common: dict) -> SearchData:
+    """ImageNet-style folders decoded by workers: random-resized crop + flip for training, centre crop."""
     files, labels, vfiles, vlabels, info = _imagenet_folders(cfg)
     w_idx, a_idx = split_indices(len(files), cfg)
     pick = lambda idx: ([files[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
+    size = cfg.image_size or (224 if cfg.dataset == "imagenet" else DATASETS["imagefolder"].side)
     mk = lambda fl, train, stream: StreamLoader(*fl, info, bs, train=train, stream=stream,  # noqa: E731
-                                                workers=cfg.workers, **common)
+                                                workers=cfg.workers, size=size, **common)
     arch = None
     if cfg.optim == "bilevel":
         arch = mk(pick(a_idx if a_idx is not None else w_idx), True, ARCH)
@@ -151,6 +258,14 @@ def build_train_data(cfg, device: torch.device, rank: int = 0, world: int = 1) -
         ev = StreamLoader(vfiles, vlabels, info, bs, train=False, stream=EVAL, workers=cfg.workers,
                           size=cfg.image_size, **common)
         return SearchData(info, train, None, ev)
+    if is_import_path(cfg.dataset) and cfg.dataset not in DATASETS:
+        tr_set, te_set = user_datasets(cfg.dataset, cfg.data_root)
+        check_dataset(tr_set, "train data")
+        info = dataset_info(tr_set, cfg.dataset)
+        mk = lambda ds, n, shuf, stream: DatasetLoader(  # noqa: E731
+            ds, _fixed_order(len(ds))[:n or None], bs, shuffle=shuf, stream=stream, workers=cfg.workers, **common)
+        return SearchData(info, mk(tr_set, cfg.train_samples, True, TRAIN), None,
+                          mk(te_set, cfg.eval_samples, False, EVAL))
     tr, te, info = load_arrays(cfg.dataset, cfg.data_root)
     if cfg.train_samples:
         tr = _subset(tr, _fixed_order(len(tr.y))[:cfg.train_samples])

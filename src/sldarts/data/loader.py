@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from sldarts.data.readers import ArrayData, DatasetInfo
+from sldarts.errors import SldartsError
 
 
 def _seed(*parts: int) -> int:
@@ -55,7 +56,32 @@ def augment_batch(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tens
     return x
 
 
-class TensorLoader:
+class _Sharded:
+    """Batch ``k`` of an epoch is the k-th slice of ``batch_size x world`` of the epoch's permutation, and
+    rank r takes every world-th sample of it: a run over N processes sees, step by step, the very samples
+    one process sees with the global batch, so its gradients (averaged by DDP) are the same."""
+
+    batch_size: int
+    world: int
+    rank: int
+
+    @property
+    def num_samples(self) -> int:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        step = self.batch_size * self.world
+        full, rest = divmod(self.num_samples, step)
+        # a last batch with fewer than 2 samples per rank breaks BatchNorm: drop it
+        return max(full + (rest >= 2 * self.world), 1)
+
+    def _mine(self, order, k: int):
+        """This rank's part of global batch ``k`` of an epoch's ``order``."""
+        step = self.batch_size * self.world
+        return order[k * step:(k + 1) * step][self.rank::self.world]
+
+
+class TensorLoader(_Sharded):
     """Seeded, shardable, random-access batches from an in-memory uint8 set."""
 
     def __init__(self, data: ArrayData, info: DatasetInfo, batch_size: int, device: torch.device | str,
@@ -81,13 +107,6 @@ class TensorLoader:
     def num_samples(self) -> int:
         return len(self.y)
 
-    def __len__(self) -> int:
-        per_rank = self.num_samples // self.world
-        n = -(-per_rank // self.batch_size)
-        if per_rank % self.batch_size == 1 and n > 1:  # a last batch of 1 breaks BatchNorm: drop it
-            n -= 1
-        return max(n, 1)
-
     def _order(self, epoch: int) -> Tensor:
         if self._perm_epoch != epoch:
             n = self.num_samples
@@ -96,17 +115,15 @@ class TensorLoader:
                 perm = torch.randperm(n, generator=g)
             else:
                 perm = torch.arange(n)
-            per_rank = n // self.world
-            self._perm = perm[self.rank * per_rank:(self.rank + 1) * per_rank].to(self.device)
+            self._perm = perm.to(self.device)
             self._perm_epoch = epoch
         assert self._perm is not None
         return self._perm
 
     def batch(self, epoch: int, k: int) -> tuple[Tensor, Tensor]:
         """Batch ``k`` (taken modulo the epoch length) of ``epoch``: normalised float images, labels."""
-        idx = self._order(epoch)
         k %= len(self)
-        sel = idx[k * self.batch_size:(k + 1) * self.batch_size]
+        sel = self._mine(self._order(epoch), k)
         x = self.x.index_select(0, sel)
         g = None
         if self.augment:
@@ -232,6 +249,7 @@ class StreamLoader:
         loader = torch.utils.data.DataLoader(
             self.ds, batch_sampler=self._batches(epoch, start), num_workers=self.workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
+            generator=torch.Generator().manual_seed(0),  # not the global RNG: resume stays exact
         )
         for x, y in loader:
             x = x.to(self.device, non_blocking=True)
@@ -256,3 +274,119 @@ class Cycle:
             self.epoch += 1
             self._it = self.loader.epoch(self.epoch, 0)
             return next(self._it)
+
+
+class _SeededItems(torch.utils.data.Dataset):
+    """Item ``i`` of epoch ``e`` with Python's, NumPy's and torch's global generators seeded by (seed, stream,
+    e, i) and restored afterwards: a user's random transforms become a function of (seed, epoch, index), so
+    resume is exact and workers give the same batches as the main process."""
+
+    def __init__(self, ds, seed: int, stream: int) -> None:
+        self.ds, self.seed, self.stream = ds, seed, stream
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        import random
+
+        epoch, i = key
+        s = _seed(self.seed, self.stream, epoch, i)
+        py, npy = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)
+            random.seed(s)
+            np.random.seed(s % 2**32)
+            try:
+                item = self.ds[i]
+            finally:
+                random.setstate(py)
+                np.random.set_state(npy)
+        return _as_pair(item, i)
+
+
+def _as_pair(item, i: int, where: str = "dataset") -> tuple[Tensor, Tensor]:
+    """(float input tensor, int64 label) from ``(tensor, int)`` or a pair of tensors; one line otherwise."""
+    ok = isinstance(item, (tuple, list)) and len(item) == 2
+    x, y = item if ok else (None, None)
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if isinstance(y, (int, np.integer)) and not isinstance(y, bool):
+        y = torch.tensor(int(y))
+    if not (ok and isinstance(x, Tensor) and isinstance(y, Tensor) and y.numel() == 1
+            and not y.is_floating_point() and not y.is_complex()):
+        got = (f"({type(item[0]).__name__}, {type(item[1]).__name__})" if isinstance(item, (tuple, list))
+               else type(item).__name__)
+        raise SldartsError(f"{where}[{i}] returned {got}; a data set must return (tensor, int) or "
+                           "(tensor, integer tensor)")
+    return (x if x.is_floating_point() else x.float()), y.reshape(()).long()
+
+
+def check_dataset(ds, where: str) -> None:
+    """A map-style dataset with at least one item of the right types, or one clear line."""
+    if not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
+        raise SldartsError(f"{where} is a {type(ds).__name__}, not a map-style dataset (__getitem__ and __len__)")
+    if len(ds) < 2:
+        raise SldartsError(f"{where} has {len(ds)} items; a search needs at least 2")
+    _as_pair(ds[0], 0, where)
+
+
+def dataset_info(ds, name: str) -> DatasetInfo:
+    """Classes from ``classes``/``num_classes``/``targets`` attributes, else from the labels themselves;
+    channels from the first input."""
+    x, _ = _as_pair(ds[0], 0)
+    base = getattr(ds, "dataset", ds)  # torch.utils.data.Subset
+    names = tuple(str(c) for c in getattr(base, "classes", ()) or ())
+    n = len(names) or getattr(base, "num_classes", 0)
+    if not n:
+        targets = getattr(base, "targets", None)
+        labels = (torch.as_tensor(targets) if targets is not None
+                  else torch.stack([_as_pair(ds[i], i)[1] for i in range(len(ds))]))
+        n = int(labels.max()) + 1
+    return DatasetInfo(name, int(n), int(x.shape[0]) if x.dim() >= 2 else 1, classes=names)
+
+
+class DatasetLoader(_Sharded):
+    """Seeded, shardable batches from any map-style dataset (the same (epoch, start) interface as the
+    other loaders). ``workers > 0`` fetches in worker processes, with identical results."""
+
+    def __init__(self, ds, indices: np.ndarray, batch_size: int, device: torch.device | str, *, shuffle: bool,
+                 seed: int, stream: int, rank: int = 0, world: int = 1, channels_last: bool = False,
+                 workers: int = 0) -> None:
+        self.ds = _SeededItems(ds, seed, stream)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.batch_size, self.device = batch_size, torch.device(device)
+        self.shuffle, self.seed, self.stream = shuffle, seed, stream
+        self.rank, self.world, self.workers = rank, world, workers
+        self.channels_last = channels_last
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.indices)
+
+    def _batches(self, epoch: int, start: int) -> list[list[tuple[int, int]]]:
+        n = self.num_samples
+        perm = (torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, self.stream, epoch)))
+                if self.shuffle else torch.arange(n))
+        order = self.indices[perm.numpy()].tolist()
+        return [[(epoch, i) for i in self._mine(order, k)] for k in range(start, len(self))]
+
+    def _to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        batches = self._batches(epoch, start)
+        if self.workers == 0:
+            for b in batches:
+                xs, ys = zip(*(self.ds[key] for key in b), strict=True)
+                yield self._to_device(torch.stack(xs), torch.stack(ys))
+            return
+        # the loader's own generator: creating it must not draw from the global RNG (exact resume)
+        loader = torch.utils.data.DataLoader(self.ds, batch_sampler=batches, num_workers=self.workers,
+                                             generator=torch.Generator().manual_seed(0),
+                                             pin_memory=self.device.type == "cuda")
+        for x, y in loader:
+            yield self._to_device(x, y)

@@ -28,10 +28,11 @@ class DatasetInfo:
     name: str
     num_classes: int
     in_channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    pad: int  # random-crop padding during search
-    flip: bool
+    mean: tuple[float, ...] = ()  # per channel, for uint8 sets normalised on the device
+    std: tuple[float, ...] = ()
+    pad: int = 0  # random-crop padding during search
+    flip: bool = False
+    classes: tuple[str, ...] = ()  # class names, where the data set has them (image folders)
 
 
 @dataclass
@@ -209,15 +210,15 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("SLDARTS_CACHE", Path.home() / ".cache" / "sldarts"))
 
 
-def read_image_folder(root: Path) -> tuple[ArrayData, ArrayData, list[str]]:
-    """``train/<class>/*`` and ``test/<class>/*`` decoded once into memory (all resized to the first
-    image's size) and cached as .npz keyed by the file list, so later runs start in seconds."""
+def read_image_folder(root: Path, side: int = 0) -> tuple[ArrayData, ArrayData, list[str]]:
+    """``train/<class>/*`` and ``test/<class>/*`` decoded once into memory (all resized to side x side, or
+    to the first image's size) and cached as .npz keyed by the file list, so later runs start in seconds."""
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
     tr_files, tr_y, classes = list_image_folder(root / "train")
     te_files, te_y, te_classes = list_image_folder(test_dir)
     if te_classes != classes:
         raise SldartsError(f"image folders {root}/train and {test_dir} have different class folders")
-    key = hashlib.sha1()
+    key = hashlib.sha1(f"side={side}".encode())
     for f in tr_files + te_files:
         st = f.stat()
         key.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -228,8 +229,11 @@ def read_image_folder(root: Path) -> tuple[ArrayData, ArrayData, list[str]]:
             return ArrayData(z["xtr"], z["ytr"]), ArrayData(z["xte"], z["yte"]), classes
         except Exception:
             pass  # a broken cache is rebuilt
-    first = _decode(tr_files[0], None)
-    size = (first.shape[2], first.shape[1])
+    if side:
+        size = (side, side)
+    else:
+        first = _decode(tr_files[0], None)
+        size = (first.shape[2], first.shape[1])
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         xtr = np.stack(list(pool.map(lambda f: _decode(f, size), tr_files)))
         xte = np.stack(list(pool.map(lambda f: _decode(f, size), te_files)))

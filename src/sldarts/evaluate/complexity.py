@@ -1,7 +1,7 @@
 """Parameters and multiply-adds of evaluation networks, by the conventions the papers use.
 
 Parameters: every parameter except the auxiliary head (DARTS convention). Multiply-adds: convolutions
-and linear layers for one image in eval mode, ``FlopCounterMode`` total / 2. BN, pooling and additions
+and linear layers for one input in eval mode, ``FlopCounterMode`` total / 2. BN, pooling and additions
 are not counted. (The DARTS paper's 574M for its ImageNet cell cannot be reproduced by any counting
 convention; this counter gives 530M for DARTS_V2, the number other re-implementations report.)
 """
@@ -14,11 +14,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from sldarts.data import DATASETS
 from sldarts.errors import SldartsError
-
-DATASETS = {  # name: (classes, input side)
-    "cifar10": (10, 32), "cifar100": (100, 32), "imagenet": (1000, 224), "imagenet16-120": (120, 16),
-}
+from sldarts.spaces import SearchSpace, get_space
 
 
 def count_params(model: nn.Module) -> int:
@@ -27,44 +25,38 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 
-def count_macs(model: nn.Module, side: int, in_channels: int = 3) -> int:
+def count_macs(model: nn.Module, sample_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of one sample of shape (C, H, W) (or any shape the model takes, batch excluded)."""
     was = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, in_channels, side, side, device=next(model.parameters()).device))
+            model(torch.zeros(1, *sample_shape, device=next(model.parameters()).device))
     finally:
         model.train(was)
     return int(counter.get_total_flops() // 2)
 
 
-def summary(model: nn.Module, side: int) -> dict[str, Any]:
-    params, macs = count_params(model), count_macs(model, side)
-    return {"params": params, "params_m": round(params / 1e6, 6), "macs": macs, "macs_m": round(macs / 1e6, 6)}
+def summary(model: nn.Module, sample_shape: tuple[int, ...]) -> dict[str, Any]:
+    params = count_params(model)
+    out: dict[str, Any] = {"params": params, "params_m": round(params / 1e6, 6)}
+    try:
+        macs = count_macs(model, sample_shape)
+        out.update(macs=macs, macs_m=round(macs / 1e6, 6))
+    except (RuntimeError, ValueError):
+        pass  # an input shape the network cannot take (e.g. tiny test images): parameters only
+    return out
 
 
-def build_eval_network(space: str, arch: Any, dataset: str, channels: int | None = None,
-                       layers: int | None = None, auxiliary: bool = True) -> tuple[nn.Module, int]:
-    """The evaluation network of a DARTS genotype or an NB201 arch string for a data set: (model, side)."""
-    if dataset not in DATASETS:
-        raise SldartsError(f"unknown dataset {dataset!r} for complexity; choose one of {', '.join(DATASETS)}")
-    classes, side = DATASETS[dataset]
-    if space == "nb201":
-        from sldarts.spaces.nb201 import NB201Network
-
-        if dataset == "imagenet":
-            raise SldartsError("NAS-Bench-201 networks are defined for cifar10, cifar100 and imagenet16-120")
-        return NB201Network(arch, channels or 16, layers or 5, classes), side
-    if space == "darts":
-        from sldarts.spaces.darts import DartsNetwork
-
-        imagenet = dataset == "imagenet"
-        return DartsNetwork(arch, channels or (48 if imagenet else 36), layers or (14 if imagenet else 20),
-                            classes, auxiliary=auxiliary, imagenet=imagenet), side
-    raise SldartsError(f"unknown space {space!r}; use nb201 or darts")
-
-
-def complexity(space: str, arch: Any, dataset: str, channels: int | None = None,
+def complexity(space: SearchSpace | str, arch: Any, dataset: str, channels: int | None = None,
                layers: int | None = None) -> dict[str, Any]:
-    model, side = build_eval_network(space, arch, dataset, channels, layers)
-    return summary(model, side)
+    """Params and MACs of ``arch``'s evaluation network on a data set of known shape (cifar10, cifar100,
+    imagenet16-120, imagenet, digits)."""
+    space = get_space(space) if isinstance(space, str) else space
+    spec = DATASETS.get(dataset)
+    if spec is None or spec.num_classes is None:
+        known = [k for k, v in DATASETS.items() if v.num_classes is not None]
+        raise SldartsError(f"unknown dataset {dataset!r} for complexity; choose one of {', '.join(known)}")
+    model = space.eval_network(space.parse(arch), spec.num_classes, spec.in_channels, dataset=dataset,
+                               channels=channels, cells=layers)
+    return summary(model, (spec.in_channels, spec.side, spec.side))

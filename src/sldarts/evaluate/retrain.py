@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from sldarts.cells import resolve_cell
 from sldarts.config import RetrainConfig
 from sldarts.data import build_train_data
 from sldarts.evaluate.complexity import count_macs, count_params
-from sldarts.run import EpochRun
-from sldarts.search_run import accuracy, autocast_for, resolve_cell
-from sldarts.strategies import StepOutput, all_finite, skipped_step
+from sldarts.run import EpochRun, StepOutput, accuracy, all_finite, autocast_for, skipped_step
 
 
 def lr_lambda(epochs: int, warmup: int, schedule: str):
     """Per-epoch factor of the base lr: linear warm-up, then cosine or linear decay to zero."""
-    import math
 
     def f(e: int) -> float:
         if e < warmup:
@@ -42,16 +40,9 @@ class RetrainRun(EpochRun):
         self.data = build_train_data(cfg, self.device, self.dist.rank, self.dist.world)
         self.train_loader = self.data.train
         info = self.data.info
-        if self.space == "nb201":
-            from sldarts.spaces.nb201 import NB201Network
-
-            self.model = NB201Network(self.arch, cfg.channels, cfg.cells, info.num_classes, info.in_channels)
-        else:
-            from sldarts.spaces.darts import DartsNetwork
-
-            self.model = DartsNetwork(self.arch, cfg.channels, cfg.cells, info.num_classes,
-                                      auxiliary=cfg.auxiliary_weight > 0, imagenet=cfg.dataset == "imagenet",
-                                      in_channels=info.in_channels)
+        self.model = self.space.eval_network(self.arch, info.num_classes, info.in_channels, dataset=cfg.dataset,
+                                             channels=cfg.channels, cells=cfg.cells,
+                                             auxiliary=cfg.auxiliary_weight > 0)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -72,7 +63,7 @@ class RetrainRun(EpochRun):
 
     def describe(self) -> str:
         cfg = self.cfg
-        return (f"retrain {self.space} cell with recipe {cfg.recipe} on {cfg.dataset} "
+        return (f"retrain {self.space.name} cell with recipe {cfg.recipe} on {cfg.dataset} "
                 f"({self.data.train.num_samples} images), {cfg.epochs} epochs x {len(self.data.train)} steps, "
                 f"{count_params(self.model) / 1e6:.3f}M params, on {self.device}"
                 + (f" x {self.dist.world} processes" if self.dist.world > 1 else ""))
@@ -112,9 +103,8 @@ class RetrainRun(EpochRun):
         return f"valid {row['valid_acc']:.2%}" + (f" top5 {row['valid_top5']:.2%}" if "valid_top5" in row else "")
 
     def result(self, seconds: float, last: dict[str, Any] | None) -> dict[str, Any]:
-        side = int(self.data.eval.x.shape[-1]) if hasattr(self.data.eval, "x") else self.cfg.image_size
         out: dict[str, Any] = {
-            "space": self.space, ("arch" if self.space == "nb201" else "genotype"): self.arch,
+            "space": self.space.name, "arch_key": self.space.arch_key, self.space.arch_key: self.arch,
             "recipe": self.cfg.recipe, "dataset": self.cfg.dataset, "epochs": self.cfg.epochs,
             "top1": last["valid_acc"] if last else None, "seconds": round(seconds, 1),
             "params": count_params(self.model),
@@ -122,15 +112,13 @@ class RetrainRun(EpochRun):
         if last and "valid_top5" in last:
             out["top5"] = last["valid_top5"]
         try:
-            out["macs"] = count_macs(self.model, side, self.data.info.in_channels)
+            out["macs"] = count_macs(self.model, self.data.sample_shape)
         except RuntimeError:
             pass  # an input size the network cannot take (e.g. tiny test images)
         return out
 
     def artifacts(self, result: dict[str, Any]) -> dict[str, str]:
-        if self.space == "darts":
-            return {"genotype.json": json.dumps(self.arch, indent=1) + "\n"}
-        return {}
+        return self.space.artifacts(self.arch)
 
 
 def retrain(cfg: RetrainConfig) -> dict[str, Any]:

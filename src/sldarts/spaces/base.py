@@ -1,18 +1,47 @@
-"""What every search space's supernet offers: weights vs α, activated weights, derivation.
+"""The two contracts of a search space, declared in one place.
 
-Strategies and the run loop only use this interface, never a space's internals.
+- :class:`SearchSpace`: what every *command* needs (supernet, derivation's format, validation, the
+  parameter-free ratio, the evaluation network, the drawing, the defaults). Built-in spaces and user
+  spaces are instances registered in :data:`sldarts.spaces.SPACES`; nothing outside a space's module
+  branches on its name.
+- :class:`Supernet`: what the *search* needs (weights vs α, activated weights, derivation) and, optionally,
+  the analysis hooks. Strategies and the run loop use only this interface, never a space's internals.
+
+An optional capability a space lacks raises one line naming it (:func:`unsupported`).
 """
 
 from __future__ import annotations
 
+import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from sldarts.activations import Activation
+from sldarts.errors import SldartsError
 from sldarts.spaces.ops import PARAM_FREE, Zero
+
+if TYPE_CHECKING:
+    from sldarts.config import SearchConfig
+
+
+def unsupported(space: str, what: str, method: str) -> SldartsError:
+    return SldartsError(f"the {space} search space has no {what}; its SearchSpace must implement {method}() "
+                        "for this command")
+
+
+@dataclass
+class CellGraph:
+    """A drawing of a derived architecture: nodes (id, label, kind: input|node|output) and edges
+    (src, dst, op label or '')."""
+
+    name: str
+    nodes: list[tuple[str, str, str]]
+    edges: list[tuple[str, str, str]]
 
 
 class MixedOp(nn.Module):
@@ -38,12 +67,45 @@ class MixedOp(nn.Module):
         return out
 
 
-class Supernet(nn.Module):
-    """Base class. Subclasses put α in ``self.arch`` (an ``nn.ParameterDict``) and define ``derive``."""
+class Supernet(nn.Module, ABC):
+    """Base class. Subclasses put α in ``self.arch`` (an ``nn.ParameterDict``; one entry per decision
+    group, activated over its last dimension) and define ``forward``, ``derive`` and ``param_free_ratio``."""
 
     arch: nn.ParameterDict
     activation: Activation
-    op_names: tuple[str, ...]
+    op_names: tuple[str, ...] = ()
+
+    @abstractmethod
+    def forward(self, x: Tensor, weights: dict[str, Tensor] | None = None,
+                cell_weights: dict[int, Tensor] | None = None) -> Tensor:
+        """Logits. ``weights`` replaces the activated α (e.g. one-hot); ``cell_weights`` gives the c-th
+        search cell its own tensor (the analysis takes dL/dp of one cell)."""
+
+    @abstractmethod
+    def derive(self) -> Any:
+        """The discrete architecture the current α choose (JSON-serialisable)."""
+
+    @abstractmethod
+    def param_free_ratio(self, arch: Any) -> float:
+        """Share of parameter-free ops in a derived architecture (the paper's collapse signal)."""
+
+    # -- optional analysis hooks (analysis=true) ----------------------------------------------
+    def search_cells(self) -> list[tuple[nn.Module, str]]:
+        """The search cells in order, each with the α key it uses."""
+        raise unsupported(type(self).__name__, "analysis hooks", "search_cells")
+
+    def op_params(self, cell: nn.Module) -> dict[tuple[int, str], list[tuple[nn.Parameter, slice]]]:
+        """Parameters W_i of each (edge, op) of a cell, as (tensor, slice of its first dim)."""
+        raise unsupported(type(self).__name__, "analysis hooks", "op_params")
+
+    def edge_nodes(self) -> list[tuple[int, int]]:
+        """(to, from) node of each α row."""
+        raise unsupported(type(self).__name__, "analysis hooks", "edge_nodes")
+
+    # -- shared machinery ---------------------------------------------------------------------
+    def named_alphas(self) -> dict[str, nn.Parameter]:
+        """α by their parameter names in ``state_dict`` (what ``functional_call`` takes)."""
+        return {f"arch.{k}": a for k, a in self.arch.items()}
 
     def alphas(self) -> list[nn.Parameter]:
         """The architecture parameters (kept as module parameters so DDP averages them too)."""
@@ -74,12 +136,65 @@ class Supernet(nn.Module):
                 "weights": {k: v.detach().cpu().tolist() for k, v in self.arch_weights().items()},
             }
 
-    def derive(self) -> Any:
-        raise NotImplementedError
-
-    def param_free_ratio(self, arch: Any) -> float:
-        raise NotImplementedError
 
 
 def param_free_share(ops: list[str]) -> float:
     return sum(op in PARAM_FREE for op in ops) / max(len(ops), 1)
+
+
+class SearchSpace(ABC):
+    """Everything the commands need from a search space; register an instance in ``SPACES`` (or name it
+    by import path, ``space=pkg.mod:obj``, or by the ``sldarts.spaces`` entry point group)."""
+
+    name: str = "space"
+    arch_key: str = "arch"  # the derived architecture's key in metrics.jsonl and result.json
+    default_lr: float = 0.025  # weight learning rate when the config gives none
+    default_cells: int = 8  # `cells` when the config gives 0
+    default_recipe: str = "plain"  # retraining recipe when none is named
+    benchmark: bool = False  # derived architectures can be looked up in NAS-Bench-201
+    impls: tuple[str, ...] = ()  # `impl` values the supernet takes (reference first), compared by the bench
+
+    @abstractmethod
+    def supernet(self, cfg: SearchConfig, num_classes: int, in_channels: int) -> Supernet:
+        """The weight-sharing network for a search configuration."""
+
+    @abstractmethod
+    def parse(self, value: Any, source: str = "architecture") -> Any:
+        """Validate and normalise an architecture given as the object, its text or a file; one-line errors."""
+
+    @abstractmethod
+    def param_free_ratio(self, arch: Any) -> float:
+        """Share of parameter-free ops in an architecture."""
+
+    def format(self, arch: Any) -> str:
+        """One line of text for printing (``sldarts derive``)."""
+        return arch if isinstance(arch, str) else json.dumps(arch)
+
+    def num_cells(self, cells: int) -> int:
+        return cells or self.default_cells
+
+    def eval_network(self, arch: Any, num_classes: int, in_channels: int, *, dataset: str = "cifar10",
+                     channels: int | None = None, cells: int | None = None, auxiliary: bool = True) -> nn.Module:
+        """The network retrained and counted for a derived architecture (``forward`` -> logits, or
+        ``(logits, aux)``)."""
+        raise unsupported(self.name, "evaluation network", "eval_network")
+
+    def complexity_dataset(self, dataset: str) -> str | None:
+        """The data set whose evaluation network is counted at the end of a search on ``dataset``; None:
+        count it at the searched data's own shape."""
+        return None
+
+    def graphs(self, arch: Any) -> list[CellGraph]:
+        """What ``sldarts plot`` draws: one graph per cell type."""
+        raise unsupported(self.name, "cell drawing", "graphs")
+
+    def artifacts(self, arch: Any) -> dict[str, str]:
+        """Extra files of a finished search (name -> text), e.g. DARTS's genotype.json."""
+        return {}
+
+    def labels(self, key: str, rows: int) -> tuple[list[str], list[str] | None]:
+        """(row labels, op names) of the α entry ``key``, for figures; op names None if they differ by row."""
+        return [str(i) for i in range(rows)], None
+
+    def __repr__(self) -> str:
+        return f"<search space {self.name}>"

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from sldarts.activations import Activation
+from sldarts.activations import Activation, Softmax, get_activation
 from sldarts.errors import SldartsError
-from sldarts.spaces.base import MixedOp, Supernet, param_free_share
+from sldarts.spaces.base import CellGraph, MixedOp, SearchSpace, Supernet, param_free_share
 from sldarts.spaces.kernels import lean_batch_norm, separable_conv
 from sldarts.spaces.ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, SepConv, bn
+
+if TYPE_CHECKING:
+    from sldarts.config import SearchConfig
 
 OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
        "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
@@ -175,6 +178,43 @@ class SearchCell(nn.Module):
         return out if out is not None else mixed.ops[0](x)
 
 
+def make_stem(in_channels: int, c: int, imagenet: bool, multiplier: int = 3
+              ) -> tuple[nn.Module, nn.Module | None, int, int, bool]:
+    """(stem0, stem1, C_{k-2}, C_{k-1}, reduction_prev). CIFAR: one 3x3 conv to multiplier*C. ImageNet:
+    three stride-2 3x3 convs (÷8) before the first cell, as DARTS's ImageNet network (and PC-DARTS's
+    ImageNet search network) has them; stem1 gives the first cell its second input."""
+    if not imagenet:
+        return (nn.Sequential(nn.Conv2d(in_channels, multiplier * c, 3, padding=1, bias=False),
+                              nn.BatchNorm2d(multiplier * c)), None, multiplier * c, multiplier * c, False)
+    half = max(c // 2, 1)
+    stem0 = nn.Sequential(
+        nn.Conv2d(in_channels, half, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+        nn.Conv2d(half, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
+    stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
+                          nn.BatchNorm2d(c))
+    return stem0, stem1, c, c, True
+
+
+def stack_cells(layers: int, c: int, c_pp: int, c_p: int, reduction_prev: bool, make_cell
+                ) -> tuple[nn.ModuleList, int, int]:
+    """``layers`` cells with reductions (doubling C) at 1/3 and 2/3. ``make_cell(c_pp, c_p, c, reduction,
+    reduction_prev)`` builds one. Returns (cells, channels out of the last cell, channels out of the 2/3 cell)."""
+    reductions = reduction_layers(layers)
+    c_cur, c_aux = c, c_p
+    cells = []
+    for i in range(layers):
+        reduction = i in reductions
+        if reduction:
+            c_cur *= 2
+        cell = make_cell(c_pp, c_p, c_cur, reduction, reduction_prev)
+        cells.append(cell)
+        reduction_prev = reduction
+        c_pp, c_p = c_p, getattr(cell, "multiplier", STEPS) * c_cur
+        if i == 2 * layers // 3:
+            c_aux = c_p
+    return nn.ModuleList(cells), c_p, c_aux
+
+
 class DartsSupernet(Supernet):
     """DARTS search network: C=16, 8 cells, reductions at 1/3 and 2/3.
 
@@ -189,37 +229,12 @@ class DartsSupernet(Supernet):
                  track_running_stats: bool = True, imagenet: bool = False, stem_multiplier: int = 3,
                  impl: str = "fused") -> None:
         super().__init__()
-        from sldarts.activations import Softmax
-
         self.activation = activation or Softmax()
-        c = channels
-        if imagenet:
-            half = max(c // 2, 1)
-            self.stem0 = nn.Sequential(
-                nn.Conv2d(in_channels, half, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(half),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(half, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c),
-            )
-            self.stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
-                                       nn.BatchNorm2d(c))
-            c_pp, c_p, reduction_prev = c, c, True
-        else:
-            self.stem0 = nn.Sequential(nn.Conv2d(in_channels, stem_multiplier * c, 3, padding=1, bias=False),
-                                       nn.BatchNorm2d(stem_multiplier * c))
-            self.stem1 = None
-            c_pp, c_p, reduction_prev = stem_multiplier * c, stem_multiplier * c, False
-        c_cur = c
-        cells = []
-        reductions = reduction_layers(layers)
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                c_cur *= 2
-            cells.append(SearchCell(c_pp, c_p, c_cur, reduction, reduction_prev, track_running_stats,
-                                    fused=impl == "fused"))
-            reduction_prev = reduction
-            c_pp, c_p = c_p, STEPS * c_cur
-        self.cells = nn.ModuleList(cells)
+        self.stem0, self.stem1, c_pp, c_p, reduction_prev = make_stem(in_channels, channels, imagenet,
+                                                                      stem_multiplier)
+        self.cells, c_p, _ = stack_cells(
+            layers, channels, c_pp, c_p, reduction_prev,
+            lambda *a: SearchCell(*a, track_running_stats, fused=impl == "fused"))
         self.classifier = nn.Linear(c_p, num_classes)
         self.arch = nn.ParameterDict({
             "normal": nn.Parameter(torch.empty(EDGES, len(OPS))),
@@ -261,7 +276,7 @@ class DartsSupernet(Supernet):
             return make_genotype(derive_cell(w["normal"]), derive_cell(w["reduce"]))
 
     def param_free_ratio(self, genotype: Genotype) -> float:
-        return param_free_share([op for cell in ("normal", "reduce") for op, _ in genotype[cell]])
+        return SPACE.param_free_ratio(genotype)
 
 
 # -- evaluation networks (retraining a derived cell) ---------------------------------------------
@@ -340,36 +355,12 @@ class DartsNetwork(nn.Module):
     def __init__(self, genotype: Genotype, channels: int = 36, layers: int = 20, num_classes: int = 10,
                  auxiliary: bool = True, imagenet: bool = False, in_channels: int = 3) -> None:
         super().__init__()
-        c = channels
         self.imagenet = imagenet
         self.drop_path_prob = 0.0
-        if imagenet:
-            self.stem0 = nn.Sequential(
-                nn.Conv2d(in_channels, c // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c // 2),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c // 2, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
-            self.stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
-                                       nn.BatchNorm2d(c))
-            c_pp, c_p, reduction_prev = c, c, True
-        else:
-            self.stem0 = nn.Sequential(nn.Conv2d(in_channels, 3 * c, 3, padding=1, bias=False), nn.BatchNorm2d(3 * c))
-            self.stem1 = None
-            c_pp, c_p, reduction_prev = 3 * c, 3 * c, False
-        reductions = reduction_layers(layers)
+        self.stem0, self.stem1, c_pp, c_p, reduction_prev = make_stem(in_channels, channels, imagenet)
         self.aux_at = 2 * layers // 3
-        c_cur, c_aux = c, c_p
-        cells = []
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                c_cur *= 2
-            cell = EvalCell(genotype, c_pp, c_p, c_cur, reduction, reduction_prev)
-            cells.append(cell)
-            reduction_prev = reduction
-            c_pp, c_p = c_p, cell.multiplier * c_cur
-            if i == self.aux_at:
-                c_aux = c_p
-        self.cells = nn.ModuleList(cells)
+        self.cells, c_p, c_aux = stack_cells(layers, channels, c_pp, c_p, reduction_prev,
+                                             lambda *a: EvalCell(genotype, *a))
         self.aux_head = AuxiliaryHead(c_aux, num_classes, imagenet) if auxiliary else None
         self.classifier = nn.Linear(c_p, num_classes)
 
@@ -383,3 +374,69 @@ class DartsNetwork(nn.Module):
                 aux = self.aux_head(s1)
         out = nn.functional.adaptive_avg_pool2d(s1, 1)
         return self.classifier(torch.flatten(out, 1)), aux
+
+
+def darts_graph(genotype: Genotype, cell: str) -> CellGraph:
+    pairs, concat = genotype[cell], genotype[f"{cell}_concat"]
+    steps = len(pairs) // 2
+    names = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(steps)]
+    nodes = [(names[0], names[0], "input"), (names[1], names[1], "input")]
+    nodes += [(str(i), str(i), "node") for i in range(steps)] + [("c_{k}", "c_{k}", "output")]
+    edges = [(names[src], str(k // 2), op) for k, (op, src) in enumerate(pairs)]
+    edges += [(names[c], "c_{k}", "") for c in concat]
+    return CellGraph(cell, nodes, edges)
+
+
+def uses_imagenet_stem(cfg: SearchConfig) -> bool:
+    """stem=auto: the ImageNet stem (÷8) for ImageNet and for images larger than 64 pixels."""
+    if cfg.stem != "auto":
+        return cfg.stem == "imagenet"
+    return cfg.dataset == "imagenet" or cfg.image_size > 64
+
+
+class DartsSpace(SearchSpace):
+    """The DARTS space: normal + reduction cells, 14 edges x 8 ops, two inputs kept per node; genotypes."""
+
+    name = "darts"
+    arch_key = "genotype"
+    default_lr = 0.025
+    default_cells = 8
+    default_recipe = "darts-cifar"
+    impls = ("reference", "fused")
+
+    def supernet(self, cfg: SearchConfig, num_classes: int, in_channels: int) -> DartsSupernet:
+        return DartsSupernet(cfg.channels, self.num_cells(cfg.cells), num_classes, in_channels,
+                             get_activation(cfg.activation), cfg.alpha_init, cfg.bn_track_stats,
+                             imagenet=uses_imagenet_stem(cfg), impl=cfg.impl)
+
+    def parse(self, value: Any, source: str = "genotype") -> Genotype:
+        if isinstance(value, dict):
+            return check_genotype(value, source)
+        from sldarts.spaces.genotypes import resolve_genotype
+
+        return resolve_genotype(str(value))
+
+    def param_free_ratio(self, genotype: Genotype) -> float:
+        return param_free_share([op for cell in ("normal", "reduce") for op, _ in genotype[cell]])
+
+    def eval_network(self, arch: Any, num_classes: int, in_channels: int, *, dataset: str = "cifar10",
+                     channels: int | None = None, cells: int | None = None, auxiliary: bool = True) -> nn.Module:
+        imagenet = dataset == "imagenet"
+        return DartsNetwork(self.parse(arch), channels or (48 if imagenet else 36), cells or (14 if imagenet else 20),
+                            num_classes, auxiliary=auxiliary, imagenet=imagenet, in_channels=in_channels)
+
+    def complexity_dataset(self, dataset: str) -> str:
+        """DARTS's published settings: C=36/20 cells on CIFAR-size data sets, C=48/14 cells on ImageNet."""
+        return dataset if dataset in ("cifar10", "cifar100", "imagenet") else "cifar10"
+
+    def graphs(self, arch: Genotype) -> list[CellGraph]:
+        return [darts_graph(arch, c) for c in ("normal", "reduce")]
+
+    def artifacts(self, arch: Genotype) -> dict[str, str]:
+        return {"genotype.json": json.dumps(arch, indent=1) + "\n"}
+
+    def labels(self, key: str, rows: int) -> tuple[list[str], list[str] | None]:
+        return [f"{i + 2}<-{j}" for i in range(STEPS) for j in range(2 + i)][:rows], list(OPS)
+
+
+SPACE = DartsSpace()

@@ -8,15 +8,19 @@ joined by stride-2 ResNet basic blocks; BN + ReLU, global average pool, linear. 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from sldarts.activations import Activation
+from sldarts.activations import Activation, Sigmoid, get_activation
 from sldarts.errors import SldartsError
-from sldarts.spaces.base import MixedOp, Supernet, param_free_share
+from sldarts.spaces.base import CellGraph, MixedOp, SearchSpace, Supernet, param_free_share
 from sldarts.spaces.kernels import lean_batch_norm
 from sldarts.spaces.ops import NB201_OPS, ResNetBasicBlock
+
+if TYPE_CHECKING:
+    from sldarts.config import SearchConfig
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), in arch-string order
@@ -159,19 +163,30 @@ class InferCell(nn.Module):
         return nodes[-1]
 
 
-def _macro(c: int, n: int, in_channels: int, make_cell) -> tuple[nn.Module, nn.ModuleList, int]:
-    stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
-    layers: list[nn.Module] = []
-    c_prev = c
-    for stage, c_cur in enumerate((c, 2 * c, 4 * c)):
-        if stage > 0:
-            layers.append(ResNetBasicBlock(c_prev, c_cur, 2))
-        layers.extend(make_cell(c_cur) for _ in range(n))
-        c_prev = c_cur
-    return stem, nn.ModuleList(layers), c_prev
+class _Macro(nn.Module):
+    """The benchmark's macro skeleton around any cell: stem, three stages of N cells joined by stride-2
+    ResNet blocks, BN + ReLU, global pool, linear. Search and evaluation networks differ only in the cell."""
+
+    def __init__(self, c: int, n: int, num_classes: int, in_channels: int, make_cell) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        layers: list[nn.Module] = []
+        c_prev = c
+        for stage, c_cur in enumerate((c, 2 * c, 4 * c)):
+            if stage > 0:
+                layers.append(ResNetBasicBlock(c_prev, c_cur, 2))
+            layers.extend(make_cell(c_cur) for _ in range(n))
+            c_prev = c_cur
+        self.layers = nn.ModuleList(layers)
+        self.lastact = nn.Sequential(nn.BatchNorm2d(c_prev), nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(c_prev, num_classes)
+
+    def head(self, x: Tensor) -> Tensor:
+        x = self.lastact(x)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-class NB201Supernet(Supernet):
+class NB201Supernet(Supernet, _Macro):
     """The weight-sharing network; one α of shape (6, 5) shared by all cells."""
 
     op_names = OPS
@@ -179,21 +194,14 @@ class NB201Supernet(Supernet):
     def __init__(self, channels: int = 16, cells: int = 5, num_classes: int = 10, in_channels: int = 3,
                  activation: Activation | None = None, alpha_init: float | None = None,
                  track_running_stats: bool = True, impl: str = "fused") -> None:
-        super().__init__()
-        from sldarts.activations import Sigmoid
-
-        self.activation = activation or Sigmoid()
         cell = {"fused": FusedSearchCell, "reference": SearchCell}[impl]
-        self.stem, self.layers, c_last = _macro(channels, cells, in_channels, lambda c: cell(c, track_running_stats))
-        self.lastact = nn.Sequential(nn.BatchNorm2d(c_last), nn.ReLU(inplace=True))
-        self.classifier = nn.Linear(c_last, num_classes)
+        _Macro.__init__(self, channels, cells, num_classes, in_channels, lambda c: cell(c, track_running_stats))
+        self.activation = activation or Sigmoid()
         self.arch = nn.ParameterDict({"cell": nn.Parameter(torch.empty(len(EDGES), len(OPS)))})
         self.init_alphas(alpha_init)
 
     def forward(self, x: Tensor, weights: dict[str, Tensor] | None = None,
                 cell_weights: dict[int, Tensor] | None = None) -> Tensor:
-        """``weights`` (activated α) can be passed in; ``cell_weights`` gives the c-th search cell its own
-        tensor (same values), so that dL/dp can be taken for one cell (the paper's Figure 3)."""
         w = (weights or self.arch_weights())["cell"]
         x = self.stem(x)
         c = 0
@@ -203,8 +211,7 @@ class NB201Supernet(Supernet):
                 c += 1
             else:
                 x = layer(x)
-        x = self.lastact(x)
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        return self.head(x)
 
     def edge_nodes(self) -> list[tuple[int, int]]:
         """(to, from) node of each α row."""
@@ -238,21 +245,64 @@ class NB201Supernet(Supernet):
         return param_free_share(parse_arch(arch))
 
 
-class NB201Network(nn.Module):
+class NB201Network(_Macro):
     """The benchmark's evaluation network for one arch string."""
 
     def __init__(self, arch: str, channels: int = 16, cells: int = 5, num_classes: int = 10,
                  in_channels: int = 3) -> None:
-        super().__init__()
         ops = parse_arch(arch)
+        super().__init__(channels, cells, num_classes, in_channels, lambda c: InferCell(ops, c))
         self.arch = arch
-        self.stem, self.layers, c_last = _macro(channels, cells, in_channels, lambda c: InferCell(ops, c))
-        self.lastact = nn.Sequential(nn.BatchNorm2d(c_last), nn.ReLU(inplace=True))
-        self.classifier = nn.Linear(c_last, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
         for layer in self.layers:
             x = layer(x)
-        x = self.lastact(x)
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        return self.head(x)
+
+
+class NB201Space(SearchSpace):
+    """NAS-Bench-201: 6 edges x 5 ops, one cell shared by the network; arch strings; benchmark look-ups."""
+
+    name = "nb201"
+    arch_key = "arch"
+    default_lr = 0.005  # the paper's NB201 runs
+    default_cells = 5  # per stage
+    default_recipe = "nb201"
+    benchmark = True
+    impls = ("reference", "fused")
+
+    def supernet(self, cfg: SearchConfig, num_classes: int, in_channels: int) -> NB201Supernet:
+        return NB201Supernet(cfg.channels, self.num_cells(cfg.cells), num_classes, in_channels,
+                             get_activation(cfg.activation), cfg.alpha_init, cfg.bn_track_stats, impl=cfg.impl)
+
+    def parse(self, value: Any, source: str = "architecture") -> str:
+        return format_arch(parse_arch(value))
+
+    def param_free_ratio(self, arch: str) -> float:
+        return param_free_share(parse_arch(arch))
+
+    def eval_network(self, arch: Any, num_classes: int, in_channels: int, *, dataset: str = "cifar10",
+                     channels: int | None = None, cells: int | None = None, auxiliary: bool = True) -> nn.Module:
+        if dataset == "imagenet":
+            raise SldartsError("NAS-Bench-201 networks are defined for cifar10, cifar100 and imagenet16-120")
+        return NB201Network(self.parse(arch), channels or 16, cells or 5, num_classes, in_channels)
+
+    def complexity_dataset(self, dataset: str) -> str:
+        """The benchmark's three data sets; ImageNet searches count the ImageNet16-120 network."""
+        if dataset in ("cifar10", "cifar100", "imagenet16-120"):
+            return dataset
+        return "imagenet16-120" if dataset == "imagenet" else "cifar10"
+
+    def graphs(self, arch: str) -> list[CellGraph]:
+        ops = parse_arch(arch)
+        kinds = {0: "input", 3: "output"}
+        nodes = [(str(i), f"node {i}", kinds.get(i, "node")) for i in range(NODES)]
+        edges = [(str(i), str(j), op) for (j, i), op in zip(EDGES, ops, strict=True) if op != "none"]
+        return [CellGraph("cell", nodes, edges)]
+
+    def labels(self, key: str, rows: int) -> tuple[list[str], list[str] | None]:
+        return [f"{t}<-{f}" for t, f in EDGES], list(OPS)
+
+
+SPACE = NB201Space()

@@ -1,0 +1,53 @@
+"""What a run directory's search found, and the one resolver from a run, genotype or arch string to
+(space, architecture) that retrain, complexity, plot and lookup share."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sldarts.errors import SldartsError
+from sldarts.rundir import read_metrics
+from sldarts.spaces import ARCH_SPACE, GENOTYPE_SPACE, SearchSpace, get_space
+
+
+def _key(space: str, row: dict[str, Any]) -> str:
+    if "arch_key" in row:
+        return row["arch_key"]
+    return get_space(space).arch_key
+
+
+def derive(run_dir: str | Path) -> dict[str, Any]:
+    """The derived architecture of a run: from result.json when finished, else the last metrics line.
+    Returns {space, arch_key, <arch_key>: arch, param_free_ratio, finished[, epoch]}."""
+    run = Path(run_dir)
+    if (run / "result.json").exists():
+        res = json.loads((run / "result.json").read_text())
+        key = _key(res["space"], res)
+        return {"space": res["space"], "arch_key": key, key: res[key], "param_free_ratio": res["param_free_ratio"],
+                "finished": True}
+    rows = read_metrics(run / "metrics.jsonl")
+    if not rows or not (run / "config.yaml").exists():
+        raise SldartsError(f"{run} is not a search run directory (no result.json, or no config.yaml and "
+                           "metrics.jsonl)")
+    space = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("space", ARCH_SPACE)
+    key = _key(space, rows[-1])
+    return {"space": space, "arch_key": key, key: rows[-1][key], "param_free_ratio": rows[-1]["param_free_ratio"],
+            "epoch": rows[-1]["epoch"], "finished": False}
+
+
+def resolve_cell(run_dir: str | Path | None = None, genotype: str | None = None, arch: str | None = None,
+                 space: str | None = None) -> tuple[SearchSpace, Any]:
+    """(space, architecture) from exactly one of: a search run directory, a genotype (a built-in DARTS cell
+    name or JSON file), an architecture text of ``space`` (default: an NB201 arch string)."""
+    if sum(bool(v) for v in (run_dir, genotype, arch)) != 1:
+        raise SldartsError("give exactly one of a run directory, --genotype NAME_OR_FILE or --arch STRING")
+    if run_dir:
+        d = derive(run_dir)
+        obj = get_space(d["space"])
+        return obj, d[d["arch_key"]]
+    obj = get_space(space or (GENOTYPE_SPACE if genotype else ARCH_SPACE))
+    return obj, obj.parse(genotype or arch)
