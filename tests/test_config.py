@@ -43,10 +43,26 @@ def test_override_syntax_errors():
         parse_overrides(["lr"])
 
 
+INTENT = {  # what each shipped config is for: (space, dataset, optim, order, activation, lr, arch_wd)
+    "darts-cifar10-bilevel2.yaml": ("darts", "cifar10", "bilevel", 2, "softmax", 0.025, 1e-3),
+    "darts-cifar10-single-sigmoid.yaml": ("darts", "cifar10", "single", 1, "sigmoid", 0.025, 0.0),
+    "darts-imagenet-single-sigmoid.yaml": ("darts", "imagenet", "single", 1, "sigmoid", 0.025, 0.0),
+    "nb201-analysis-sgd.yaml": ("nb201", "cifar10", "single", 1, "softmax", 0.005, 0.0),
+    "nb201-bilevel-softmax.yaml": ("nb201", "cifar10", "bilevel", 1, "softmax", 0.005, 1e-3),
+    "nb201-single-sigmoid.yaml": ("nb201", "cifar10", "single", 1, "sigmoid", 0.005, 0.0),
+}
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_shipped_configs_load(path):
+def test_shipped_configs_say_what_their_names_say(path):
     c = load_config(path)
-    assert c.epochs == 50
+    assert (c.space, c.dataset, c.optim, c.order, c.activation, c.lr, c.arch_wd) == INTENT[path.name]
+    assert c.epochs == 50 and c.batch_size in (64, 360)  # the paper's search length and batches
+    assert c.search_space().name == c.space and c.num_cells == (5 if c.space == "nb201" else 8)
+    if c.activation == "sigmoid":  # the paper: no α weight decay under sigmoid
+        assert c.arch_wd == 0.0
+    if "analysis" in path.name:  # Sec. 4.1: both parameter sets by SGD at lr 0.005
+        assert (c.arch_optimizer, c.arch_lr) == ("sgd", 0.005)
 
 
 def test_yaml_errors(tmp_path):

@@ -41,6 +41,7 @@ def test_user_model_searches_with_every_strategy_and_activation(tmp_path, optim,
     assert ch["block"] in ("conv3", "conv5", "skip", "pool") and ch["b3"] in ("conv1", "skip")
     assert len(ch["merge"]) == 2 and ch["merge"] == sorted(ch["merge"]) and set(ch["merge"]) <= {0, 1, 2}
     assert 0.0 <= res["param_free_ratio"] <= 1.0
+    assert res["config"]["lr"] == 0.025  # the user space's default, not NB201's (resolved after the overrides)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # searched in place
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     alphas = [torch.tensor(rows[i]["alphas"]["block"]) for i in (0, -1)]

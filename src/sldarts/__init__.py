@@ -4,7 +4,13 @@ Python API (each mirrors a CLI subcommand)::
 
     import sldarts
     res = sldarts.search(space="nb201", dataset="digits", epochs=5, out="runs/demo")
-    sldarts.retrain(sldarts.RetrainConfig(genotype="DARTS_V2", recipe="darts-cifar", data_root="data"))
+    sldarts.retrain(genotype="DARTS_V2", recipe="darts-cifar", data_root="data")
+
+Your own network and data (see docs/custom.md)::
+
+    from sldarts.nn import Choice
+    res = sldarts.search(model=net, train_data=train, valid_data=valid, epochs=10)
+    plain = sldarts.fix(net, res["choices"])
 """
 
 from __future__ import annotations
@@ -13,20 +19,28 @@ from typing import Any
 
 from sldarts.config import RetrainConfig, SearchConfig
 from sldarts.errors import SldartsError
+from sldarts.nn import Choice, InputChoice, fix
 
-__all__ = ["RetrainConfig", "SearchConfig", "SldartsError", "search", "retrain"]
+__all__ = ["Choice", "InputChoice", "RetrainConfig", "SearchConfig", "SldartsError", "fix", "search", "retrain"]
 __version__ = "0.1.0"
 
 
-def search(config: SearchConfig | None = None, **overrides: Any) -> dict[str, Any]:
-    """Run a search and return its result dict (see :func:`sldarts.search_run.search`)."""
+def search(config: SearchConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run a search and return its result dict (see :func:`sldarts.search_run.search`): config keys as
+    keywords, plus ``model=``, ``train_data=``, ``valid_data=`` for your own network and data sets."""
     from sldarts.search_run import search as _search
 
-    return _search(config, **overrides)
+    return _search(config, **kwargs)
 
 
-def retrain(config: RetrainConfig) -> dict[str, Any]:
-    """Retrain a cell from scratch with a recipe and return top-1, params and MACs."""
+def retrain(config: RetrainConfig | None = None, **overrides: Any) -> dict[str, Any]:
+    """Retrain a cell from scratch with a recipe and return top-1, params and MACs. Keywords are retrain
+    keys (``source_run=RUN_DIR``, ``genotype=``, ``arch=``, ``recipe=``, ``epochs=``...)."""
+    from sldarts.config import load_config, load_retrain_config
     from sldarts.evaluate.retrain import retrain as _retrain
 
+    if config is None:
+        config = load_retrain_config(None, overrides)
+    elif overrides:
+        config = load_config(None, overrides, base=config.to_dict(), schema=RetrainConfig)
     return _retrain(config)

@@ -57,7 +57,7 @@ def _state_bytes(model: torch.nn.Module, opts) -> int:
     return n
 
 
-def _prepare(space: str, mode: str, impl: str, batch_size: int, device: torch.device, image: int,
+def _prepare(space: str, impl: str, mode: str, batch_size: int, device: torch.device, image: int,
              channels: int, cells: int) -> tuple[Callable[[], None], float]:
     """Build one supernet + strategy, warm it up, and measure one step's peak memory: (step, bytes)."""
     base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0  # other rows' models
@@ -89,21 +89,25 @@ def _prepare(space: str, mode: str, impl: str, batch_size: int, device: torch.de
     return step, box["bytes"] + _state_bytes(model, (w_opt, a_opt))
 
 
-def bench_rows(space: str, mode: str, impls: tuple[str, ...], batch_size: int, device: torch.device,
-               repeats: int, image: int = 32, channels: int = 16, cells: int = 0) -> list[dict[str, Any]]:
+def bench_rows(space: str | list[tuple[str, str]], mode: str, impls: tuple[str, ...], batch_size: int,
+               device: torch.device, repeats: int, image: int = 32, channels: int = 16,
+               cells: int = 0) -> list[dict[str, Any]]:
     """Time the implementations' steps interleaved (A B A B ...), so that drift in the machine's speed
-    falls on all of them alike; median per implementation."""
-    setups = {impl: _prepare(space, mode, impl, batch_size, device, image, channels, cells) for impl in impls}
-    times: dict[str, list[float]] = {impl: [] for impl in impls}
+    falls on all of them alike; median per implementation. ``space`` may be a list of (space, impl) pairs
+    to interleave several spaces (a user model beside the built-in reference)."""
+    pairs = space if isinstance(space, list) else [(space, impl) for impl in impls]
+    setups = {pair: _prepare(*pair, mode=mode, batch_size=batch_size, device=device, image=image,
+                             channels=channels, cells=cells) for pair in pairs}
+    times: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
     for _ in range(repeats):
-        for impl, (step, _) in setups.items():
+        for pair, (step, _) in setups.items():
             t0 = time.perf_counter()
             step()
-            times[impl].append(time.perf_counter() - t0)
+            times[pair].append(time.perf_counter() - t0)
     names = {"reference": "reference", "fused": "optimized", "generic": "generic"}
-    return [{"space": space, "mode": mode, "impl": names[impl],
-             "layout": "NHWC" if impl == "fused" else "NCHW", "median_s": statistics.median(times[impl]),
-             "peak_mem_mb": setups[impl][1] / 2**20} for impl in impls]
+    return [{"space": sp, "mode": mode, "impl": names[impl],
+             "layout": "NHWC" if impl == "fused" else "NCHW", "median_s": statistics.median(times[(sp, impl)]),
+             "peak_mem_mb": setups[(sp, impl)][1] / 2**20} for sp, impl in pairs]
 
 
 def own_peak_rss_mb() -> float:
@@ -132,16 +136,33 @@ def peak_rss_mb(space: str, mode: str, impl: str, batch_size: int, image: int, c
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def _groups(spaces) -> list[list[tuple[str, str]]]:
+    """(space, impl) pairs timed together: each space with a reference alone, spaces without one (user
+    models) interleaved with the first that has one, so their ratio is against a reference timed alike."""
+    groups: list[list[tuple[str, str]]] = []
+    loose: list[tuple[str, str]] = []
+    for space in spaces:
+        impls = impls_of(space)
+        if "reference" in impls:
+            groups.append([(space, i) for i in impls])
+        else:
+            loose.extend((space, i) for i in impls)
+    if loose and groups:
+        groups[0].extend(loose)
+    elif loose:
+        groups.append(loose)
+    return groups
+
+
 def run_bench(spaces=tuple(SPACES), modes=tuple(MODES), batch_size: int = 64,
               device: str = "cpu", repeats: int = 3, image: int = 32, channels: int = 16,
               cells: int = 0, progress=print, rss: bool = False) -> dict[str, Any]:
     dev = torch.device(device)
     rows = []
-    for space in spaces:
+    for group in _groups(spaces):
         for mode in modes:
-            impls = impls_of(space)
-            rows_now = bench_rows(space, mode, impls, batch_size, dev, repeats, image, channels, cells)
-            for impl, row in zip(impls, rows_now, strict=True):
+            for (space, impl), row in zip(group, bench_rows(group, mode, (), batch_size, dev, repeats, image,
+                                                            channels, cells), strict=True):
                 if rss and dev.type == "cpu":
                     row["peak_rss_mb"] = peak_rss_mb(space, mode, impl, batch_size, image, channels)
                 rows.append(row)

@@ -14,14 +14,16 @@ import copy
 from torch import Tensor, nn
 
 from sldarts.errors import SldartsError
+from sldarts.spaces.ops import Zero
 
-__all__ = ["Choice", "InputChoice", "ChosenInputs", "fix", "choices_of"]
+__all__ = ["Choice", "InputChoice", "ChosenInputs", "Zero", "fix", "choices_of"]
 
 
 class Choice(nn.Module):
     """A mixed op over named candidates: ``sum_k w_k * candidate_k(x)``. Choices with the same ``label``
     share one decision (one α); each keeps its own candidate weights. A candidate without parameters counts
-    as parameter-free (the paper's collapse signal)."""
+    as parameter-free (the paper's collapse signal). A :class:`Zero` candidate (the ``none`` op) adds
+    exactly nothing, so it is not computed."""
 
     def __init__(self, candidates: dict[str, nn.Module], label: str | None = None) -> None:
         super().__init__()
@@ -35,6 +37,7 @@ class Choice(nn.Module):
         self.candidates = nn.ModuleDict(candidates)
         self.label = label
         self.arch_weights: Tensor | None = None  # set by the search around each forward pass
+        self._live = [k for k, m in enumerate(candidates.values()) if not isinstance(m, Zero)] or [0]
 
     @property
     def names(self) -> list[str]:
@@ -43,9 +46,10 @@ class Choice(nn.Module):
     def forward(self, *args, **kwargs) -> Tensor:
         w = self.arch_weights
         n = len(self.candidates)
+        ops = list(self.candidates.values())
         out = None
-        for k, op in enumerate(self.candidates.values()):
-            y = op(*args, **kwargs)
+        for k in self._live:
+            y = ops[k](*args, **kwargs)
             y = y / n if w is None else w[k] * y
             out = y if out is None else out + y
         assert out is not None

@@ -189,7 +189,7 @@ def closing_lines(cfg: SearchConfig, space: SearchSpace, result: dict[str, Any],
     lines = [f"derived: {space.format(arch)}",
              f"parameter-free share {result['param_free_ratio']:.2f} (skip, pooling, none among the chosen ops; "
              f"the paper's threshold {cfg.param_free_threshold})"]
-    if cfg.dataset == "digits":
+    if cfg.dataset == "digits" and result["param_free_ratio"] > cfg.param_free_threshold:
         lines.append("digits are 8x8 images on which skip connections are genuinely strong (docs/analysis.md): a "
                      "high share here says more about the data than the method; on CIFAR-10 images single-level "
                      "+ sigmoid derives mostly convolutions")
@@ -210,8 +210,9 @@ def search(config: SearchConfig | None = None, *, model: torch.nn.Module | None 
     ``model``: any ``nn.Module`` with :mod:`sldarts.nn` choices (searched in place: its weights are the
     supernet's); ``train_data``/``valid_data``: map-style datasets of ``(tensor, int)``. Every other keyword
     is a config key."""
+    # without a config the defaults that depend on others (lr on space) are resolved after the overrides
+    base = config.to_dict() if config is not None else {}
     cfg = config or SearchConfig()
-    base = cfg.to_dict()
     if model is not None and "space" not in overrides:
         overrides["space"] = f"<model:{type(model).__name__}>"
     if train_data is not None and "dataset" not in overrides:
