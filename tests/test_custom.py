@@ -222,27 +222,35 @@ def _folder(root: Path, per_class: int) -> None:
                 _jpeg(root / split / c / f"{i}.jpg", *sizes[i % 4], seed=i)
 
 
-def _peak_rss(root: Path, out: Path, limit: int) -> float:
-    code = ("import sldarts, sldarts.bench as b; "
-            f"sldarts.search(dataset='imagefolder', data_root={str(root)!r}, image_size=48, cache_limit_mb={limit}, "
-            "epochs=1, train_samples=16, eval_samples=8, batch_size=8, channels=4, cells=1, workers=0, "
-            f"progress='none', threads=1, out={str(out)!r}); print(b.own_peak_rss_mb())")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ,
-                       "SLDARTS_CACHE": str(out.parent / "cache"), "OMP_NUM_THREADS": "1"})
+def _data_peak_rss(root: Path, cache: Path, limit: int) -> float:
+    """Peak RSS of a fresh process that builds the search data of a folder and draws an epoch of each loader."""
+    code = ("import torch, sldarts.bench as b; from sldarts.config import SearchConfig; "
+            "from sldarts.data import build_search_data; "
+            f"cfg = SearchConfig(dataset='imagefolder', data_root={str(root)!r}, image_size=96, "
+            f"cache_limit_mb={limit}, train_samples=32, eval_samples=8, batch_size=8, workers=0); "
+            "d = build_search_data(cfg, torch.device('cpu')); "
+            "[None for loader in (d.train, d.eval) for _ in loader.epoch(0)]; "
+            "print(type(d.train).__name__, b.own_peak_rss_mb())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "SLDARTS_CACHE": str(cache), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
-    return float(r.stdout.split()[-1])
+    kind, mb = r.stdout.split()[-2:]
+    assert kind == ("StreamLoader" if limit == 0 else "TensorLoader")
+    return float(mb)
 
 
 def test_mixed_size_image_folder_streams_with_memory_independent_of_its_size(tmp_path):
     small, big = tmp_path / "small", tmp_path / "big"
     _folder(small, 8)
-    _folder(big, 2000)  # 4000 training images: 27 MB decoded at 48x48
-    streamed = [_peak_rss(d, tmp_path / f"s-{d.name}", 0) for d in (small, big)]
-    in_memory = _peak_rss(big, tmp_path / "m-big", 10_000)
-    assert streamed[1] - streamed[0] < 4, streamed  # the folder's size does not reach memory
-    assert in_memory - streamed[1] > 8, (in_memory, streamed)  # the check can fail: holding it costs more
-    res = json.loads((tmp_path / "s-big" / "result.json").read_text())
-    assert res["config"]["image_size"] == 48
+    _folder(big, 2000)  # 4000 training images of mixed sizes: 110 MB decoded at 96x96
+    streamed = [_data_peak_rss(d, tmp_path / "cache", 0) for d in (small, big)]
+    in_memory = _data_peak_rss(big, tmp_path / "cache", 10_000)
+    assert streamed[1] - streamed[0] < 10, streamed  # the folder's size does not reach memory
+    assert in_memory - streamed[1] > 100, (in_memory, streamed)  # the check can fail: holding it costs that much
+    res = sldarts.search(dataset="imagefolder", data_root=str(big), image_size=96, cache_limit_mb=0, epochs=1,
+                         train_samples=16, eval_samples=8, batch_size=8, channels=4, cells=1, workers=0,
+                         progress="none", out=str(tmp_path / "run"))
+    assert res["config"]["image_size"] == 96 and 0 <= res["valid_acc"] <= 1
 
 
 def test_darts_search_stem_follows_the_image_size():

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 from sldarts.cli import main
@@ -61,3 +62,13 @@ def test_bench_times_a_user_model_beside_the_builtin_reference(tmp_path, capsys)
     assert [r["impl"] for r in rows] == ["reference", "optimized", "generic"]
     line = [x for x in capsys.readouterr().out.splitlines() if "| generic |" in x][0]
     assert line.split("|")[6].strip().endswith("x")  # a ratio against the nb201 reference row
+
+
+def test_the_readme_snippet_runs_as_it_stands(tmp_path, monkeypatch):
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    code = re.search(r"### Your own model and data.*?```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code.replace("epochs=5", "epochs=1, progress='none'"), "README", "exec"), scope)
+    assert scope["res"]["choices"]["block"] in ("conv3", "conv5", "skip")
+    assert not any(isinstance(m, Choice) for m in scope["plain"].modules())

@@ -6,6 +6,7 @@ has to be saved for an exact resume, mid-epoch included, and ranks shard the sam
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -357,7 +358,8 @@ class DatasetLoader(_Sharded):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size, self.device = batch_size, torch.device(device)
         self.shuffle, self.seed, self.stream = shuffle, seed, stream
-        self.rank, self.world, self.workers = rank, world, workers
+        # more processes than cores only slow the fetching down
+        self.rank, self.world, self.workers = rank, world, min(workers, len(os.sched_getaffinity(0)))
         self.channels_last = channels_last
 
     @property
