@@ -60,6 +60,7 @@ def test_alpha_is_a_parameter_of_the_search_never_of_the_weight_optimiser():
     assert net.param_free_ratio({"block": "skip", "b3": "conv1", "merge": [0, 1]}) == 0.5
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_fix_gives_the_hand_written_network_and_the_supernet_function(tmp_path):
     model = userspace.build(10, 1)
     train, valid = userspace.digits()

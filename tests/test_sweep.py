@@ -45,24 +45,27 @@ def test_mean_std_on_known_inputs():
     assert m == 2.5 and s == pytest.approx(1.118033988749895)  # population std, as numpy.std
 
 
-def _fake_run(d: Path, optim: str, seed: int, test: float) -> None:
+def _fake_run(d: Path, optim: str, seed: int, test: float, arch: str = "x") -> None:
     d.mkdir(parents=True)
-    bench = {"index": 1, "arch": "x", "cifar10": {"valid": test - 3, "test": test},
+    bench = {"index": 1, "arch": arch, "cifar10": {"valid": test - 3, "test": test},
              "cifar100": {"valid": None, "test": test - 20}, "imagenet16-120": {"valid": None, "test": None}}
-    res = {"space": "nb201", "arch": "x", "param_free_ratio": 0.0, "valid_acc": 0.5, "benchmark": bench,
+    res = {"space": "nb201", "arch": arch, "param_free_ratio": 0.0, "valid_acc": 0.5, "benchmark": bench,
            "config": {"optim": optim, "seed": seed, "lr": 0.005, "out": str(d)}}
     (d / "result.json").write_text(json.dumps(res))
 
 
 def test_report_aggregates_seeds_per_setting(tmp_path):
-    for i, (optim, seed, acc) in enumerate([("single", 0, 94.0), ("single", 1, 94.5), ("single", 2, 95.0),
-                                            ("bilevel", 0, 54.3), ("bilevel", 1, 54.3)]):
-        _fake_run(tmp_path / f"p{i}", optim, seed, acc)
+    # seeds 0 and 2 of single-level derive cell A, seed 1 cell B; both bi-level seeds derive cell x
+    for i, (optim, seed, acc, arch) in enumerate([("single", 0, 94.0, "A"), ("single", 1, 94.5, "B"),
+                                                  ("single", 2, 95.0, "A"), ("bilevel", 0, 54.3, "x"),
+                                                  ("bilevel", 1, 54.3, "x")]):
+        _fake_run(tmp_path / f"p{i}", optim, seed, acc, arch)
     (tmp_path / "unfinished").mkdir()
     md = report(tmp_path)
-    assert "| optim | CIFAR-10 valid | CIFAR-10 test | CIFAR-100 test | n |" in md
-    assert "| single | 91.50 ± 0.41 | 94.50 ± 0.41 | 74.50 ± 0.41 | 3 |" in md
-    assert "| bilevel | 51.30 ± 0.00 | 54.30 ± 0.00 | 34.30 ± 0.00 | 2 |" in md
+    assert "| optim | CIFAR-10 valid | CIFAR-10 test | CIFAR-100 test | n | distinct cells | modal cell |" in md
+    assert "| single | 91.50 ± 0.41 | 94.50 ± 0.41 | 74.50 ± 0.41 | 3 | 2 | C1 (2/3 seeds) |" in md
+    assert "| bilevel | 51.30 ± 0.00 | 54.30 ± 0.00 | 34.30 ± 0.00 | 2 | 1 | C2 (2/2 seeds) |" in md
+    assert "- C1: `A`" in md and "- C2: `x`" in md
     csv_text = (tmp_path / "report.csv").read_text().splitlines()
     assert csv_text[0].startswith("optim,CIFAR-10 valid mean,CIFAR-10 valid std")
     assert (tmp_path / "report.md").read_text().strip() == md
@@ -73,14 +76,16 @@ def test_report_without_benchmark_uses_supernet_numbers():
             for lr, s, r in [(0.1, 0, 0.5), (0.1, 1, 1.0), (0.01, 0, 0.0)]]
     varying, columns, rows = aggregate(runs)
     assert varying == ["lr"] and columns == ["supernet acc", "param-free ratio"]
-    assert "| 0.1 | 90.00 ± 0.00 | 0.750 ± 0.250 | 2 |" in markdown(varying, columns, rows)
+    assert "| 0.1 | 90.00 ± 0.00 | 0.750 ± 0.250 | 2 | 1 | C1 (2/2 seeds) |" in markdown(varying, columns, rows)
 
 
 def test_small_sweep_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["sweep", *TINY, "optim=single,bilevel", "seed=0,1", "--parallel", "2", "--out", str(out)]) == 0
     md = capsys.readouterr().out
-    assert md.count("| 2 |") == 2 and "param-free ratio" in md
+    assert len([x for x in md.splitlines() if x.startswith("| single |") or x.startswith("| bilevel |")]) == 2
+    assert all(" | 2 | " in x for x in md.splitlines() if x.startswith("| single") or x.startswith("| bilevel"))
+    assert "param-free ratio" in md
     # half-finished: remove one point's result, leave its checkpoint: only that point runs again, resumed
     victim = out / "optim=bilevel_seed=1"
     (victim / "result.json").unlink()

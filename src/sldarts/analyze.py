@@ -10,8 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from sldarts.decided import margins
 from sldarts.errors import SldartsError
 from sldarts.rundir import read_metrics
 from sldarts.spaces import ARCH_SPACE, get_space
@@ -132,6 +134,49 @@ def fig_correlation(runs: list[dict[str, Any]], out: Path) -> list[Path]:
     return paths
 
 
+def margin_history(run: dict[str, Any]) -> tuple[list[int], dict[str, list[float]]]:
+    """(epochs, decision name -> margin per epoch): the recorded margins, or (runs made before they were
+    recorded) margins derived again from the recorded weights by the run's rule."""
+    cfg = run["config"]
+    rows = [r for r in run["metrics"] if "weights" in r or "margins" in r]
+    series: dict[str, list[float]] = {}
+    epochs = []
+    for r in rows:
+        m = r.get("margins")
+        if m is None:
+            try:
+                _, decisions = get_space(cfg.get("space", ARCH_SPACE)).rederive(
+                    {k: torch.tensor(v) for k, v in r["weights"].items()}, cfg.get("derive", "argmax"))
+            except SldartsError:
+                return [], {}
+            m = margins(decisions)["margins"]
+        epochs.append(r["epoch"])
+        for name, v in m.items():
+            series.setdefault(name, []).append(v)
+    return epochs, series
+
+
+def fig_margins(run: dict[str, Any], out: Path) -> list[Path]:
+    """Each decision's margin (winner's weight minus runner-up's) over the epochs, on a log scale, with the
+    run's "undecided" threshold: how decided the derived cell was, and since when."""
+    epochs, series = margin_history(run)
+    if not series:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, vals in series.items():
+        ax.plot(epochs, [max(v, 1e-6) for v in vals], label=name, lw=1.2)
+    ax.axhline(run["config"].get("margin_threshold", 0.01), color="k", ls=":", lw=1, label="threshold")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("margin (floored at 1e-6)")
+    ax.legend(fontsize=6, ncol=2 if len(series) > 8 else 1)
+    ax.set_title(f"decision margins — {run['label']}", fontsize=10)
+    paths = _save(fig, out, f"margins_{run['name']}")
+    plt.close(fig)
+    return paths
+
+
 def fig_dldp(run: dict[str, Any], out: Path) -> list[Path]:
     """Figure 3: dL/dp_i on the edges entering the last node of the last cell, per op."""
     if not run["analysis"]:
@@ -225,6 +270,7 @@ def analyze(run_dirs: list[str | Path], out: str | Path) -> list[Path]:
             raise SldartsError(f"{r['dir']} has no complete metrics line yet")
         paths += fig_weights(r, out)
         paths += fig_dldp(r, out)
+        paths += fig_margins(r, out)
     paths += fig_correlation(runs, out)
     summaries = [summarize(r) for r in runs]
     (out / "report.md").write_text(markdown(summaries))

@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from sldarts.decided import margins
 from sldarts.errors import SldartsError
 from sldarts.rundir import read_metrics
 from sldarts.spaces import ARCH_SPACE, GENOTYPE_SPACE, SearchSpace, get_space
+from sldarts.spaces.base import DERIVE_RULES
 
 
 def _key(space: str, row: dict[str, Any]) -> str:
@@ -20,10 +23,13 @@ def _key(space: str, row: dict[str, Any]) -> str:
     return get_space(space).arch_key
 
 
-def derive(run_dir: str | Path) -> dict[str, Any]:
+def derive(run_dir: str | Path, rule: str | None = None) -> dict[str, Any]:
     """The derived architecture of a run: from result.json when finished, else the last metrics line.
-    Returns {space, arch_key, <arch_key>: arch, param_free_ratio, finished[, epoch]}."""
+    Returns {space, arch_key, <arch_key>: arch, param_free_ratio, finished[, epoch]}. With ``rule`` (a
+    DERIVE_RULES name) the architecture is derived again from the last recorded weights, by that rule."""
     run = Path(run_dir)
+    if rule is not None:
+        return _rederive(run, rule)
     if (run / "result.json").exists():
         res = json.loads((run / "result.json").read_text())
         key = _key(res["space"], res)
@@ -51,3 +57,18 @@ def resolve_cell(run_dir: str | Path | None = None, genotype: str | None = None,
         return obj, d[d["arch_key"]]
     obj = get_space(space or (GENOTYPE_SPACE if genotype else ARCH_SPACE))
     return obj, obj.parse(genotype or arch)
+
+
+def _rederive(run: Path, rule: str) -> dict[str, Any]:
+    if rule not in DERIVE_RULES:
+        raise SldartsError(f"unknown derivation rule {rule!r}; choose one of {', '.join(DERIVE_RULES)}")
+    rows = read_metrics(run / "metrics.jsonl")
+    if not rows or "weights" not in rows[-1] or not (run / "config.yaml").exists():
+        raise SldartsError(f"{run} has no recorded weights to derive from (no metrics.jsonl or config.yaml)")
+    space_name = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("space", ARCH_SPACE)
+    space = get_space(space_name)
+    weights = {k: torch.tensor(v) for k, v in rows[-1]["weights"].items()}
+    arch, decisions = space.rederive(weights, rule)
+    return {"space": space_name, "arch_key": space.arch_key, space.arch_key: arch,
+            "param_free_ratio": space.param_free_ratio(arch), "derive": rule, **margins(decisions),
+            "epoch": rows[-1]["epoch"], "finished": (run / "result.json").exists()}

@@ -33,9 +33,12 @@ def _search(args: argparse.Namespace) -> int:
 def _derive(args: argparse.Namespace) -> int:
     from sldarts.cells import derive
 
-    d = derive(args.run_dir)
+    d = derive(args.run_dir, args.derive)
     arch = d[d["arch_key"]]
     print(arch if isinstance(arch, str) else json.dumps(arch))
+    if args.derive:
+        print(json.dumps({k: d[k] for k in ("param_free_ratio", "min_margin", "margins") if k in d}),
+              file=sys.stderr)
     return 0
 
 
@@ -169,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_search)
     d = sub.add_parser("derive", help="print the derived architecture of a run directory")
     d.add_argument("run_dir")
+    d.add_argument("--derive", choices=["argmax", "argmax-no-none"],
+                   help="derive again from the last recorded weights by this rule (margins on stderr)")
     d.set_defaults(func=_derive)
     r = sub.add_parser("retrain", help="retrain a derived cell with a recipe (darts-cifar, pdarts-imagenet, nb201)")
     r.add_argument("--genotype", help="a built-in DARTS cell name (e.g. DARTS_V2) or a genotype JSON file")

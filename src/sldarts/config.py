@@ -163,6 +163,8 @@ class SearchConfig(RunOptions):
     bn_track_stats: bool = True
     impl: str = field(default="fused", metadata=_choice("fused", "reference"))
     param_free_threshold: float = field(default=0.3, metadata=_range(0, 1))
+    derive: str = field(default="argmax", metadata=_choice("argmax", "argmax-no-none"))  # spaces.base.DERIVE_RULES
+    margin_threshold: float = field(default=0.01, metadata=_range(0))  # below it a choice is "undecided"
     analysis: bool = False  # record gradient correlation, dL/dp and weights to analysis.jsonl
     analysis_every: int = field(default=10, metadata=_range(1))
     analysis_cells: str = "first,middle,last"

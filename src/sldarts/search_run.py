@@ -16,10 +16,13 @@ import torch
 from sldarts.cells import derive, resolve_cell
 from sldarts.config import SearchConfig, load_config
 from sldarts.data import DATASETS, Cycle, SearchData, build_search_data
+from sldarts.decided import margins, note, stability
 from sldarts.errors import SldartsError
 from sldarts.lookup import ENV, open_benchmark
 from sldarts.run import EpochRun, accuracy, autocast_for
+from sldarts.rundir import read_metrics
 from sldarts.spaces import SearchSpace, Supernet
+from sldarts.spaces.base import Decision
 from sldarts.strategies import make_optimizers, make_strategy
 
 __all__ = ["SearchRun", "auto_lr_search", "derive", "resolve_cell", "search"]
@@ -114,10 +117,23 @@ class SearchRun(EpochRun):
     def params_finite(self) -> bool:
         return all(bool(torch.isfinite(a).all()) for a in self.model.alphas())
 
+    def _derive(self) -> Any:
+        rule = self.cfg.derive
+        return self.model.derive() if rule == "argmax" else self.model.derive(rule)
+
+    def _decisions(self) -> list[Decision] | None:
+        try:
+            return self.model.decisions(self.cfg.derive)
+        except SldartsError:  # a user space without margins
+            return None
+
     def measure(self) -> dict[str, Any]:
-        arch = self.model.derive()
+        arch = self._derive()
         row = {"valid_acc": accuracy(self.model, self.data.eval)[0], **self.model.alpha_state(),
                self.space.arch_key: arch, "param_free_ratio": self.model.param_free_ratio(arch)}
+        decisions = self._decisions()
+        if decisions is not None:
+            row.update(margins(decisions))
         if self.benchmark is not None:
             row["benchmark"] = self.benchmark.query(arch)
         if self.probe is not None:
@@ -131,21 +147,29 @@ class SearchRun(EpochRun):
         if "analysis_seconds" in row and row.get("seconds"):
             a = row["analysis_seconds"]
             extra = f" (analysis {a:.1f}s of it, +{a / max(row['seconds'] - a, 1e-9):.0%})"
-        return (f"valid {row['valid_acc']:.2%} param-free {row['param_free_ratio']:.2f} "
+        margin = f" min-margin {row['min_margin']:.4f}" if row.get("min_margin") is not None else ""
+        return (f"valid {row['valid_acc']:.2%} param-free {row['param_free_ratio']:.2f}{margin} "
                 f"{key} {json.dumps(row[key])}{extra}")
 
     def result(self, seconds: float, last: dict[str, Any] | None) -> dict[str, Any]:
         cfg = self.cfg
-        arch = self.model.derive()
+        arch = self._derive()
         ratio = self.model.param_free_ratio(arch)
         out: dict[str, Any] = {"space": cfg.space, "arch_key": self.space.arch_key, self.space.arch_key: arch,
-                               "param_free_ratio": ratio,
+                               "param_free_ratio": ratio, "derive": cfg.derive,
                                "valid_acc": last["valid_acc"] if last else None, "epochs": cfg.epochs,
                                "seconds": round(seconds, 1)}
         if self.benchmark is not None:
             out["benchmark"] = self.benchmark.query(arch)
+        decisions = self._decisions()
+        if decisions is not None:
+            out.update(margins(decisions))
         if self.dist.main:
             out["complexity"] = self._complexity(arch)
+            out.update(stability(read_metrics(self.out / "metrics.jsonl"), self.space.arch_key, cfg.epochs))
+            said = note(decisions or [], cfg.margin_threshold, out)
+            if said:
+                out["note"] = said
         if ratio > cfg.param_free_threshold:
             out["warning"] = (
                 f"parameter-free ratio {ratio:.2f} exceeds {cfg.param_free_threshold}: the search may have "
@@ -189,6 +213,11 @@ def closing_lines(cfg: SearchConfig, space: SearchSpace, result: dict[str, Any],
     lines = [f"derived: {space.format(arch)}",
              f"parameter-free share {result['param_free_ratio']:.2f} (skip, pooling, none among the chosen ops; "
              f"the paper's threshold {cfg.param_free_threshold})"]
+    if result.get("min_margin") is not None:
+        lines.append(f"smallest margin {result['min_margin']:.4f} (winner's weight minus runner-up's); stable since "
+                     f"epoch {result.get('stable_since_epoch')}")
+    if result.get("note"):
+        lines.append("note: " + result["note"])
     if cfg.dataset == "digits" and result["param_free_ratio"] > cfg.param_free_threshold:
         lines.append("digits are 8x8 images on which skip connections are genuinely strong (docs/analysis.md): a "
                      "high share here says more about the data than the method; on CIFAR-10 images single-level "

@@ -34,6 +34,36 @@ def unsupported(space: str, what: str, method: str) -> SldartsError:
                         "for this command")
 
 
+DERIVE_RULES = ("argmax", "argmax-no-none")  # `derive=`: the paper's rule, or never `none`
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One choice derivation makes: the winner, the runner-up, and the margin between their activated
+    weights (for DARTS's edge selection: between the last kept and the first dropped edge)."""
+
+    name: str
+    winner: str
+    runner_up: str
+    margin: float
+
+
+def top_two(row: Tensor, names: list[str] | tuple[str, ...], exclude: int | None = None
+            ) -> tuple[str, str, float]:
+    """(winner, runner-up, margin) of one row of activated weights; ``exclude`` an op index never chosen.
+    The winner is ``argmax`` (first on ties), as derivation picks it."""
+    w = row.detach().float().cpu().clone()
+    if exclude is not None:
+        w[exclude] = -float("inf")
+    k = int(w.argmax())
+    if len(w) - (exclude is not None) < 2:
+        return names[k], "", float("inf")
+    rest = w.clone()
+    rest[k] = -float("inf")
+    r = int(rest.argmax())
+    return names[k], names[r], float(w[k] - w[r])
+
+
 @dataclass
 class CellGraph:
     """A drawing of a derived architecture: nodes (id, label, kind: input|node|output) and edges
@@ -82,8 +112,12 @@ class Supernet(nn.Module, ABC):
         search cell its own tensor (the analysis takes dL/dp of one cell)."""
 
     @abstractmethod
-    def derive(self) -> Any:
-        """The discrete architecture the current α choose (JSON-serialisable)."""
+    def derive(self, rule: str = "argmax") -> Any:
+        """The discrete architecture the current α choose (JSON-serialisable); ``rule`` in DERIVE_RULES."""
+
+    def decisions(self, rule: str = "argmax", weights: dict[str, Tensor] | None = None) -> list[Decision]:
+        """Every choice derivation makes from the activated α (or from ``weights``), with its margin."""
+        raise unsupported(type(self).__name__, "decision margins", "decisions")
 
     @abstractmethod
     def param_free_ratio(self, arch: Any) -> float:
@@ -123,6 +157,11 @@ class Supernet(nn.Module, ABC):
     def arch_weights(self) -> dict[str, Tensor]:
         """Activated α, per cell type: what the forward pass multiplies each op by."""
         return {name: self.activation(a) for name, a in self.arch.items()}
+
+    @torch.no_grad()
+    def _activated(self) -> dict[str, Tensor]:
+        """Activated α without a graph, for derivation."""
+        return {k: v.detach() for k, v in self.arch_weights().items()}
 
     def init_alphas(self, value: float | None = None) -> None:
         for a in self.alphas():
@@ -191,6 +230,11 @@ class SearchSpace(ABC):
     def artifacts(self, arch: Any) -> dict[str, str]:
         """Extra files of a finished search (name -> text), e.g. DARTS's genotype.json."""
         return {}
+
+    def rederive(self, weights: dict[str, Tensor], rule: str = "argmax") -> tuple[Any, list[Decision]]:
+        """(architecture, decisions) from recorded activated weights (a metrics line), without the model:
+        ``sldarts derive RUN --derive RULE`` re-derives a finished run this way."""
+        raise unsupported(self.name, "re-derivation from recorded weights", "rederive")
 
     def labels(self, key: str, rows: int) -> tuple[list[str], list[str] | None]:
         """(row labels, op names) of the α entry ``key``, for figures; op names None if they differ by row."""

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from sldarts.activations import Activation, Softmax, get_activation
 from sldarts.errors import SldartsError
-from sldarts.spaces.base import CellGraph, MixedOp, SearchSpace, Supernet, param_free_share
+from sldarts.spaces.base import CellGraph, Decision, MixedOp, SearchSpace, Supernet, param_free_share, top_two
 from sldarts.spaces.kernels import lean_batch_norm, separable_conv
 from sldarts.spaces.ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, SepConv, bn
 
@@ -35,22 +35,36 @@ def reduction_layers(layers: int) -> tuple[int, int]:
     return layers // 3, 2 * layers // 3
 
 
-def derive_cell(weights: Tensor) -> list[list]:
-    """DARTS rule: per node keep the 2 inputs whose strongest non-`none` op is largest, then that op."""
-    w = weights.detach().cpu()
+def cell_decisions(weights: Tensor, cell: str = "normal") -> tuple[list[list], list[Decision]]:
+    """DARTS rule: per node keep the 2 inputs whose strongest non-`none` op is largest, then that op
+    (``none`` is never derived, so both DERIVE_RULES agree). Returns (gene, decisions): the op margin of
+    each kept edge and, per node with a dropped edge, the last kept edge's strength minus the first
+    dropped one's."""
+    w = weights.detach().float().cpu()
     none = OPS.index("none")
     gene: list[list] = []
+    out: list[Decision] = []
     start = 0
     for i in range(STEPS):
         n = 2 + i
         block = w[start:start + n].clone()
         block[:, none] = -float("inf")
         strength = block.max(dim=1).values
-        keep = sorted(range(n), key=lambda j: -float(strength[j]))[:2]
-        for j in keep:
-            gene.append([OPS[int(block[j].argmax())], j])
+        order = sorted(range(n), key=lambda j: -float(strength[j]))
+        for j in order[:2]:
+            op, runner, margin = top_two(block[j], OPS, none)
+            gene.append([op, j])
+            out.append(Decision(f"{cell}/{i + 2}<-{j}", op, runner, margin))
+        if n > 2:
+            kept, dropped = order[1], order[2]
+            out.append(Decision(f"{cell}/node{i + 2}", f"edge {i + 2}<-{kept}", f"edge {i + 2}<-{dropped}",
+                                float(strength[kept] - strength[dropped])))
         start += n
-    return gene
+    return gene, out
+
+
+def derive_cell(weights: Tensor) -> list[list]:
+    return cell_decisions(weights)[0]
 
 
 def make_genotype(normal: list[list], reduce: list[list]) -> Genotype:
@@ -270,10 +284,11 @@ class DartsSupernet(Supernet):
                     out[(e, name)] = params
         return out
 
-    def derive(self) -> Genotype:
-        with torch.no_grad():
-            w = self.arch_weights()
-            return make_genotype(derive_cell(w["normal"]), derive_cell(w["reduce"]))
+    def derive(self, rule: str = "argmax") -> Genotype:
+        return SPACE.rederive(self._activated(), rule)[0]
+
+    def decisions(self, rule: str = "argmax", weights: dict[str, Tensor] | None = None) -> list[Decision]:
+        return SPACE.rederive(weights or self._activated(), rule)[1]
 
     def param_free_ratio(self, genotype: Genotype) -> float:
         return SPACE.param_free_ratio(genotype)
@@ -437,6 +452,11 @@ class DartsSpace(SearchSpace):
 
     def labels(self, key: str, rows: int) -> tuple[list[str], list[str] | None]:
         return [f"{i + 2}<-{j}" for i in range(STEPS) for j in range(2 + i)][:rows], list(OPS)
+
+    def rederive(self, weights: dict[str, Tensor], rule: str = "argmax") -> tuple[Genotype, list[Decision]]:
+        normal, dn = cell_decisions(weights["normal"], "normal")
+        reduce, dr = cell_decisions(weights["reduce"], "reduce")
+        return make_genotype(normal, reduce), dn + dr
 
 
 SPACE = DartsSpace()

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from sldarts.activations import Activation, Sigmoid, get_activation
 from sldarts.errors import SldartsError
-from sldarts.nn import Choice, InputChoice, choices_of, fix
-from sldarts.spaces.base import CellGraph, SearchSpace, Supernet
+from sldarts.nn import Choice, InputChoice, Zero, choices_of, fix
+from sldarts.spaces.base import CellGraph, Decision, SearchSpace, Supernet, top_two
 
 if TYPE_CHECKING:
     from sldarts.config import SearchConfig
@@ -75,19 +75,43 @@ class ChoiceSupernet(Supernet):
                 for m in ms:
                     m.arch_weights = None
 
-    def derive(self) -> dict[str, Any]:
-        """label -> the candidate name with the largest weight (Choice) or the n_chosen strongest inputs."""
-        with torch.no_grad():
-            w = self.arch_weights()
-            out: dict[str, Any] = {}
-            for label, (m, *_) in self.groups.items():
-                row = w[_key(label)].detach().cpu()
-                if isinstance(m, Choice):
-                    out[label] = m.names[int(row.argmax())]
-                else:
-                    top = torch.topk(row, m.n_chosen).indices.tolist()
-                    out[label] = sorted(int(i) for i in top)
-            return out
+    def derive(self, rule: str = "argmax", weights: dict[str, Tensor] | None = None) -> dict[str, Any]:
+        """label -> the candidate name with the largest weight (Choice; never a Zero candidate under
+        ``argmax-no-none``) or the n_chosen strongest inputs (InputChoice)."""
+        w = weights or self._activated()
+        out: dict[str, Any] = {}
+        for label, (m, *_) in self.groups.items():
+            row = w[_key(label)].detach().float().cpu()
+            if isinstance(m, Choice):
+                out[label] = top_two(row, m.names, self._zero(m, rule))[0]
+            else:
+                out[label] = sorted(int(i) for i in _ranked(row)[:m.n_chosen])
+        return out
+
+    def decisions(self, rule: str = "argmax", weights: dict[str, Tensor] | None = None) -> list[Decision]:
+        """Per Choice: winner, runner-up, margin; per InputChoice that drops an input: the last kept input
+        against the first dropped one. Choices with one option make no decision."""
+        w = weights or self._activated()
+        out = []
+        for label, (m, *_) in self.groups.items():
+            row = w[_key(label)].detach().float().cpu()
+            if isinstance(m, Choice):
+                win, runner, margin = top_two(row, m.names, self._zero(m, rule))
+                if runner:
+                    out.append(Decision(label, win, runner, margin))
+            elif m.n_chosen < m.n_inputs:
+                order = _ranked(row)
+                kept, dropped = order[m.n_chosen - 1], order[m.n_chosen]
+                out.append(Decision(label, f"input {kept}", f"input {dropped}", float(row[kept] - row[dropped])))
+        return out
+
+    @staticmethod
+    def _zero(m: Choice, rule: str) -> int | None:
+        """The candidate never derived under ``argmax-no-none``: the Zero (``none``) one, if any."""
+        if rule != "argmax-no-none":
+            return None
+        zeros = [k for k, c in enumerate(m.candidates.values()) if isinstance(c, Zero)]
+        return zeros[0] if zeros else None
 
     def param_free_ratio(self, arch: dict[str, Any]) -> float:
         ops = [(label, arch[label]) for label, (m, *_) in self.groups.items() if isinstance(m, Choice)]
@@ -100,6 +124,11 @@ class ChoiceSupernet(Supernet):
         """label -> candidate names (or input indices), for figures and plots."""
         return {label: m.names if isinstance(m, Choice) else [str(i) for i in range(m.n_inputs)]
                 for label, (m, *_) in self.groups.items()}
+
+
+def _ranked(row: Tensor) -> list[int]:
+    """Indices by decreasing weight, the lower index first on ties (stable)."""
+    return sorted(range(len(row)), key=lambda i: -float(row[i]))
 
 
 def _size(m: Choice | InputChoice) -> int:
@@ -179,6 +208,10 @@ class ModelSpace(SearchSpace):
     def labels(self, key: str, rows: int) -> tuple[list[str], list[str] | None]:
         names = self._probe().option_names().get(key.replace("/", "."))
         return [key], names
+
+    def rederive(self, weights: dict[str, Tensor], rule: str = "argmax") -> tuple[dict[str, Any], list[Decision]]:
+        probe = self._probe()
+        return probe.derive(rule, weights), probe.decisions(rule, weights)
 
 
 def _text(value: Any) -> str:

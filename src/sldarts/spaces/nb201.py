@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from sldarts.activations import Activation, Sigmoid, get_activation
 from sldarts.errors import SldartsError
-from sldarts.spaces.base import CellGraph, MixedOp, SearchSpace, Supernet, param_free_share
+from sldarts.spaces.base import CellGraph, Decision, MixedOp, SearchSpace, Supernet, param_free_share, top_two
 from sldarts.spaces.kernels import lean_batch_norm
 from sldarts.spaces.ops import NB201_OPS, ResNetBasicBlock
 
@@ -67,10 +67,15 @@ def format_arch(ops: list[str]) -> str:
     return "+".join(parts)
 
 
-def derive_arch(weights: Tensor) -> str:
-    """One op per edge by argmax of the activated weights (``none`` included, as NB201 does)."""
-    idx = weights.detach().argmax(dim=-1).tolist()
-    return format_arch([OPS[k] for k in idx])
+def edge_decisions(weights: Tensor, rule: str = "argmax") -> list[Decision]:
+    """One op per edge by argmax of the activated weights (``none`` included, as NB201 does, unless
+    ``rule="argmax-no-none"``), with the runner-up and the margin."""
+    exclude = OPS.index("none") if rule == "argmax-no-none" else None
+    return [Decision(f"{j}<-{i}", *top_two(weights[e], OPS, exclude)) for e, (j, i) in enumerate(EDGES)]
+
+
+def derive_arch(weights: Tensor, rule: str = "argmax") -> str:
+    return format_arch([d.winner for d in edge_decisions(weights, rule)])
 
 
 class SearchCell(nn.Module):
@@ -237,9 +242,11 @@ class NB201Supernet(Supernet, _Macro):
                         out[(e, name)] = params
         return out
 
-    def derive(self) -> str:
-        with torch.no_grad():
-            return derive_arch(self.arch_weights()["cell"])
+    def derive(self, rule: str = "argmax") -> str:
+        return derive_arch(self._activated()["cell"], rule)
+
+    def decisions(self, rule: str = "argmax", weights: dict[str, Tensor] | None = None) -> list[Decision]:
+        return edge_decisions((weights or self._activated())["cell"], rule)
 
     def param_free_ratio(self, arch: str) -> float:
         return param_free_share(parse_arch(arch))
@@ -303,6 +310,9 @@ class NB201Space(SearchSpace):
 
     def labels(self, key: str, rows: int) -> tuple[list[str], list[str] | None]:
         return [f"{t}<-{f}" for t, f in EDGES], list(OPS)
+
+    def rederive(self, weights: dict[str, Tensor], rule: str = "argmax") -> tuple[str, list[Decision]]:
+        return derive_arch(weights["cell"], rule), edge_decisions(weights["cell"], rule)
 
 
 SPACE = NB201Space()
