@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from sldarts.config import SearchConfig
+from sldarts.config import SearchConfig, load_config
 from sldarts.spaces import SPACES, build_supernet, get_space
 from sldarts.strategies import STRATEGIES, make_optimizers, make_strategy
 
@@ -61,12 +61,17 @@ def _prepare(space: str, impl: str, mode: str, batch_size: int, device: torch.de
              channels: int, cells: int) -> tuple[Callable[[], None], float]:
     """Build one supernet + strategy, warm it up, and measure one step's peak memory: (step, bytes)."""
     base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0  # other rows' models
-    cfg = SearchConfig(space=space, impl="fused" if impl == "generic" else impl, batch_size=batch_size,
-                       channels=channels, cells=cells, **MODES[mode])
+    if impl.startswith("method:"):  # a method preset, on the implementation it resolves to
+        cfg = load_config(None, dict(method=impl[7:], space=space, batch_size=batch_size, channels=channels,
+                                     cells=cells))
+    else:
+        cfg = SearchConfig(space=space, impl="fused" if impl == "generic" else impl, batch_size=batch_size,
+                           channels=channels, cells=cells, **MODES[mode])
     torch.manual_seed(0)
     model = build_supernet(cfg, 10, 3).to(device)
     x = torch.randn(batch_size, 3, image, image, device=device)
-    layout = torch.channels_last if impl == "fused" else torch.contiguous_format  # as we run / as the DARTS code
+    fused = impl == "fused" or (impl.startswith("method:") and cfg.impl == "fused")
+    layout = torch.channels_last if fused else torch.contiguous_format  # as we run / as the DARTS code
     model.to(memory_format=layout)
     x = x.contiguous(memory_format=layout)
     w_opt, a_opt = make_optimizers(model, cfg)
@@ -105,7 +110,7 @@ def bench_rows(space: str | list[tuple[str, str]], mode: str, impls: tuple[str, 
             step()
             times[pair].append(time.perf_counter() - t0)
     names = {"reference": "reference", "fused": "optimized", "generic": "generic"}
-    return [{"space": sp, "mode": mode, "impl": names[impl],
+    return [{"space": sp, "mode": mode, "impl": names.get(impl, impl.removeprefix("method:")),
              "layout": "NHWC" if impl == "fused" else "NCHW", "median_s": statistics.median(times[(sp, impl)]),
              "peak_mem_mb": setups[(sp, impl)][1] / 2**20} for sp, impl in pairs]
 
@@ -156,18 +161,21 @@ def _groups(spaces) -> list[list[tuple[str, str]]]:
 
 def run_bench(spaces=tuple(SPACES), modes=tuple(MODES), batch_size: int = 64,
               device: str = "cpu", repeats: int = 3, image: int = 32, channels: int = 16,
-              cells: int = 0, progress=print, rss: bool = False) -> dict[str, Any]:
+              cells: int = 0, progress=print, rss: bool = False, methods: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Rows per space x mode x implementation; with ``methods``, also per space one group of method presets
+    (mode ``methods``) timed interleaved, each as its preset runs it."""
     dev = torch.device(device)
     rows = []
-    for group in _groups(spaces):
-        for mode in modes:
-            for (space, impl), row in zip(group, bench_rows(group, mode, (), batch_size, dev, repeats, image,
-                                                            channels, cells), strict=True):
-                if rss and dev.type == "cpu":
-                    row["peak_rss_mb"] = peak_rss_mb(space, mode, impl, batch_size, image, channels)
-                rows.append(row)
-                progress(f"{space:6s} {mode:9s} {row['impl']:10s} {row['median_s']:8.3f} s "
-                         f"{row['peak_mem_mb']:9.1f} MB" + (f" rss {row['peak_rss_mb']:.0f} MB" if rss else ""))
+    jobs = [(group, mode) for group in _groups(spaces) for mode in modes]
+    jobs += [([(sp, f"method:{m}") for m in methods], "methods") for sp in spaces if methods]
+    for group, mode in jobs:
+        for (space, impl), row in zip(group, bench_rows(group, mode, (), batch_size, dev, repeats, image,
+                                                        channels, cells), strict=True):
+            if rss and dev.type == "cpu":
+                row["peak_rss_mb"] = peak_rss_mb(space, mode, impl, batch_size, image, channels)
+            rows.append(row)
+            progress(f"{space:6s} {mode:9s} {row['impl']:10s} {row['median_s']:8.3f} s "
+                     f"{row['peak_mem_mb']:9.1f} MB" + (f" rss {row['peak_rss_mb']:.0f} MB" if rss else ""))
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(dev),
                "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
@@ -182,6 +190,8 @@ def table(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         if r["impl"] == "reference":
             ref.setdefault(("*", r["mode"]), r)
+        if r["mode"] == "methods":  # method presets: against the first one named (e.g. darts)
+            ref.setdefault((r["space"], "methods"), r)
     rss = any("peak_rss_mb" in r for r in result["rows"])
     lines = ["| space | mode | impl | median s/step | peak MB | time vs reference | memory vs reference |"
              + (" process peak RSS MB |" if rss else ""),

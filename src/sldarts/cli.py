@@ -154,9 +154,10 @@ def _bench(args: argparse.Namespace) -> int:
     from sldarts.spaces import SPACES
 
     spaces = args.space.split(",") if args.space else list(SPACES)
-    modes = args.modes.split(",")
+    methods = tuple(args.methods.split(",")) if args.methods else ()
+    modes = args.modes.split(",") if args.modes else ([] if methods else ["single", "bilevel1", "bilevel2"])
     res = run_bench(spaces, modes, args.batch_size, args.device, args.repeats, args.image, args.channels,
-                    progress=lambda s: print(s, file=sys.stderr), rss=args.rss)
+                    progress=lambda s: print(s, file=sys.stderr), rss=args.rss, methods=methods)
     if args.out:
         dump(res, args.out)
     print(table(res))
@@ -223,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.set_defaults(func=_analyze)
     b = sub.add_parser("bench", help="time and measure supernet steps, reference vs optimised")
     b.add_argument("--space", help="a registered space (default: every one) or pkg.mod:build of a user model")
-    b.add_argument("--modes", default="single,bilevel1,bilevel2", help="registered strategies, comma-separated")
+    b.add_argument("--modes", help="registered strategies, comma-separated (default single,bilevel1,bilevel2, "
+                   "none with --methods)")
+    b.add_argument("--methods", help="method presets to time against the first named, e.g. darts,gdas,pcdarts")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--device", default="cpu")
     b.add_argument("--repeats", type=int, default=3)

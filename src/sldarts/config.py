@@ -164,6 +164,17 @@ class SearchConfig(RunOptions):
     impl: str = field(default="fused", metadata=_choice("fused", "reference"))
     param_free_threshold: float = field(default=0.3, metadata=_range(0, 1))
     derive: str = field(default="argmax", metadata=_choice("argmax", "argmax-no-none"))  # spaces.base.DERIVE_RULES
+    # one-shot methods (docs/methods.md); `method` names a preset of the keys below, expanded by load_config
+    method: str = field(default="", metadata={"check": lambda v: _check_method(v)})
+    tau_max: float = field(default=10.0, metadata=_range(0, lo_open=True))  # GDAS: Gumbel temperature, linear
+    tau_min: float = field(default=0.1, metadata=_range(0, lo_open=True))  # from tau_max to tau_min
+    kl_weight: float = field(default=1e-3, metadata=_range(0))  # DrNAS: weight of the KL to the Dirichlet prior
+    partial_channels: int = field(default=1, metadata=_range(1))  # PC-DARTS: mixed ops see 1/K of the channels
+    edge_norm: bool = False  # PC-DARTS: per-edge β, softmax over a node's incoming edges
+    zero_one_weight: float = field(default=0.0, metadata=_range(0))  # FairDARTS: weight of the zero-one loss
+    aux_skip: bool = False  # DARTS-: auxiliary skip connection on every edge, coefficient 1 -> 0
+    rsps_samples: int = field(default=100, metadata=_range(1))  # RSPS: architectures scored at the end
+    rsps_batches: int = field(default=1, metadata=_range(1))  # RSPS: validation batches each is scored on
     margin_threshold: float = field(default=0.01, metadata=_range(0))  # below it a choice is "undecided"
     analysis: bool = False  # record gradient correlation, dL/dp and weights to analysis.jsonl
     analysis_every: int = field(default=10, metadata=_range(1))
@@ -177,6 +188,16 @@ class SearchConfig(RunOptions):
         self.validate()
         if self.lr is None:  # the space's default (the paper: 0.005 on NB201, 0.025 on DARTS)
             self.lr = self.search_space().default_lr if not self.space.startswith("<") else 0.025
+        if self.impl == "fused" and self.needs_reference:  # recorded in config.yaml as the one that runs
+            self.impl = "reference"
+
+    @property
+    def needs_reference(self) -> bool:
+        """Method parts the fused cells do not compute: they run on the reference (per-edge) cells."""
+        from sldarts.activations import ACTIVATIONS
+
+        return (self.partial_channels > 1 or self.edge_norm or self.aux_skip or self.optim == "rsps"
+                or ACTIVATIONS.get(self.activation).sparse)
 
     # -- derived values ---------------------------------------------------------------------
     def search_space(self):
@@ -192,22 +213,65 @@ class SearchConfig(RunOptions):
 
     @property
     def arch_wd(self) -> float:
-        """The paper: 1e-3 for softmax, 0 for sigmoid (no extra pull towards `none`)."""
+        """The paper: 0 for sigmoid (no extra pull towards `none`); 1e-3 otherwise, as DARTS, GDAS and
+        DrNAS set it."""
         if self.arch_weight_decay is not None:
             return self.arch_weight_decay
-        return 1e-3 if self.activation == "softmax" else 0.0
+        return 0.0 if self.activation == "sigmoid" else 1e-3
 
     @property
     def run_name(self) -> str:
         opt = self.optim if self.optim == "single" else f"bilevel{self.order}-{self.arch_data}"
-        return f"{self.space}-{self.dataset}-{opt}-{self.activation}-lr{self.lr:g}-s{self.seed}"
+        name = self.method or self.activation
+        return f"{self.space}-{self.dataset}-{opt}-{name}-lr{self.lr:g}-s{self.seed}"
 
     def validate(self) -> None:
         super().validate()
-        if self.optim == "single" and self.order != 1:
-            raise SldartsError("config: order=2 needs optim=bilevel (single-level has no unrolled step)")
+        if self.tau_min > self.tau_max:
+            raise SldartsError(f"config: tau_min={self.tau_min} exceeds tau_max={self.tau_max}")
+        if self.optim != "bilevel" and self.order != 1:
+            raise SldartsError(f"config: order=2 needs optim=bilevel ({self.optim} has no unrolled step)")
         if self.order == 2 and self.arch_data == "train":
             raise SldartsError("config: order=2 with arch_data=train is not a setting of the paper; use order=1")
+
+
+# method= presets: the keys each method sets (docs/methods.md). Keys given explicitly win, so a preset
+# combines with optim=single (single-level GDAS, single-level PC-DARTS, ...).
+METHODS: dict[str, dict[str, Any]] = {
+    "single-darts": dict(optim="single", activation="sigmoid"),  # the paper (Hou & Jin)
+    "darts": dict(optim="bilevel", order=2, activation="softmax"),  # Liu et al., ICLR 2019
+    "gdas": dict(optim="bilevel", order=1, activation="gumbel"),  # Dong & Yang, CVPR 2019
+    "drnas": dict(optim="bilevel", order=1, activation="dirichlet"),  # Chen et al., ICLR 2021
+    "pcdarts": dict(optim="bilevel", order=1, activation="softmax", partial_channels=4, edge_norm=True),  # Xu et al.
+    "fairdarts": dict(optim="bilevel", order=1, activation="sigmoid", zero_one_weight=10.0),  # Chu et al., ECCV 2020
+    "darts-minus": dict(optim="bilevel", order=1, activation="softmax", aux_skip=True),  # Chu et al., ICLR 2021
+    "rsps": dict(optim="rsps"),  # Li & Talwalkar, UAI 2019
+}
+
+
+def _check_method(value: str) -> None:
+    if value and value not in METHODS:
+        raise SldartsError(f"config: method={value!r} is not one of {', '.join(METHODS)}" + _suggest(value, METHODS))
+
+
+def expand_method(values: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """Fill in the keys of ``values["method"]``'s preset that were not given explicitly."""
+    method = values.get("method")
+    if not method:
+        return values
+    _check_method(str(method))
+    preset = METHODS[str(method)]
+    if "optim" in explicit and preset.get("optim", values["optim"]) != values["optim"] and \
+            "rsps" in (values["optim"], preset.get("optim")):
+        raise SldartsError(f"config: method={method} with optim={values['optim']} makes no sense: RSPS trains "
+                           "sampled architectures and no α; use one or the other")
+    out = dict(values)
+    for k, v in preset.items():
+        if k not in explicit:
+            out[k] = v
+    if out.get("optim") == "single" and "order" not in explicit:
+        out["order"] = 1  # single-level has no unrolled step: a bi-level preset's order does not apply
+    return out
 
 
 def _suggest(word: str, options: typing.Iterable[str]) -> str:
@@ -292,13 +356,19 @@ def load_config(
 ) -> Any:
     """Defaults < base < YAML file < overrides; unknown keys get a 'did you mean'."""
     values: dict[str, Any] = dict(base or {})
+    defaults = {f.name: f.default for f in dataclasses.fields(schema)}
+    explicit = {k for k, v in values.items() if defaults.get(k, object()) != v}
     if path is not None:
         values.update(read_yaml(path))
+        explicit |= set(read_yaml(path))
     values.update(overrides or {})
+    explicit |= set(overrides or {})
     names = {f.name for f in dataclasses.fields(schema)}
     for key in values:
         if key not in names:
             raise SldartsError(f"config: unknown key {key!r}{_suggest(key, names)}")
+    if "method" in values:
+        values = expand_method({**defaults, **values}, explicit)
     return schema(**values)
 
 

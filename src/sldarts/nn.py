@@ -38,6 +38,7 @@ class Choice(nn.Module):
         self.label = label
         self.arch_weights: Tensor | None = None  # set by the search around each forward pass
         self._live = [k for k, m in enumerate(candidates.values()) if not isinstance(m, Zero)] or [0]
+        self.hard = False  # one-hot weights (GDAS, RSPS): compute only the chosen candidate
 
     @property
     def names(self) -> list[str]:
@@ -47,6 +48,9 @@ class Choice(nn.Module):
         w = self.arch_weights
         n = len(self.candidates)
         ops = list(self.candidates.values())
+        if self.hard and w is not None:  # as GDAS: the others' weights (zero in value) still pass gradient
+            k = int(w.argmax())
+            return w[k] * ops[k](*args, **kwargs) + (w.sum() - w[k])
         out = None
         for k in self._live:
             y = ops[k](*args, **kwargs)

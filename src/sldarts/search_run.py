@@ -64,8 +64,10 @@ class SearchRun(EpochRun):
                 raise SldartsError("second-order bi-level search is not supported under torchrun: its "
                                    "finite-difference step perturbs weights per rank; use order=1 or one process")
             # α is a parameter of the wrapped model: its gradient is averaged in the same all-reduce as w.
+            # sampling methods (GDAS, RSPS) leave the unchosen ops' weights unused in a step
             self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.needs_reference and (cfg.optim == "rsps" or self.model.activation.sparse))
         self.w_opt, self.a_opt = make_optimizers(self.model, cfg)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=min(cfg.lr_min, cfg.lr))
         self.strategy = make_strategy(cfg, self.model, self.net, self.w_opt, self.a_opt,
@@ -99,6 +101,7 @@ class SearchRun(EpochRun):
             self.probe.truncate(self.epoch * len(self.train_loader) + self.step_in_epoch)
 
     def begin_epoch(self, global_step: int) -> None:
+        self.model.set_progress(self.epoch, self.cfg.epochs)  # GDAS's temperature, DARTS-'s skip coefficient
         # α batches are positioned by the global step, so a resumed run draws the same ones.
         self._arch_batch = Cycle(self.data.arch, global_step).__next__ if self.data.arch is not None else None
         self._gstep = global_step
@@ -120,6 +123,15 @@ class SearchRun(EpochRun):
     def _derive(self) -> Any:
         rule = self.cfg.derive
         return self.model.derive() if rule == "argmax" else self.model.derive(rule)
+
+    def _rsps_select(self) -> tuple[Any, dict[str, Any]]:
+        """RSPS: the best of rsps_samples uniformly drawn architectures on the first rsps_batches
+        validation batches (the same batches for every one), drawn with the run's seed."""
+        batches = [b for _, b in zip(range(self.cfg.rsps_batches), self.data.eval.epoch(0), strict=False)]
+        weights, scores = self.strategy.select(batches, self.cfg.rsps_samples, self.cfg.seed)
+        arch = self.model.derive("argmax", weights=weights)
+        return arch, {"rsps": {"samples": len(scores), "best_score": max(scores),
+                               "mean_score": sum(scores) / len(scores)}}
 
     def _decisions(self) -> list[Decision] | None:
         try:
@@ -153,15 +165,15 @@ class SearchRun(EpochRun):
 
     def result(self, seconds: float, last: dict[str, Any] | None) -> dict[str, Any]:
         cfg = self.cfg
-        arch = self._derive()
+        arch, extra = self._rsps_select() if cfg.optim == "rsps" else (self._derive(), {})
         ratio = self.model.param_free_ratio(arch)
         out: dict[str, Any] = {"space": cfg.space, "arch_key": self.space.arch_key, self.space.arch_key: arch,
-                               "param_free_ratio": ratio, "derive": cfg.derive,
+                               "param_free_ratio": ratio, "derive": cfg.derive, **extra,
                                "valid_acc": last["valid_acc"] if last else None, "epochs": cfg.epochs,
                                "seconds": round(seconds, 1)}
         if self.benchmark is not None:
             out["benchmark"] = self.benchmark.query(arch)
-        decisions = self._decisions()
+        decisions = self._decisions() if cfg.optim != "rsps" else None  # RSPS decides by scores, not α
         if decisions is not None:
             out.update(margins(decisions))
         if self.dist.main:

@@ -36,9 +36,11 @@ class Strategy:
 
     def __init__(self, model: Supernet, net: nn.Module, w_opt: torch.optim.Optimizer,
                  a_opt: torch.optim.Optimizer, *, grad_clip: float = 5.0,
-                 autocast: Callable[[], AbstractContextManager] = nullcontext, skip_nonfinite: bool = False) -> None:
+                 autocast: Callable[[], AbstractContextManager] = nullcontext, skip_nonfinite: bool = False,
+                 zero_one_weight: float = 0.0) -> None:
         self.model, self.net = model, net
         self.skip_nonfinite = skip_nonfinite
+        self.zero_one_weight = zero_one_weight
         self.w_opt, self.a_opt = w_opt, a_opt
         self.grad_clip = grad_clip
         self.autocast = autocast
@@ -48,6 +50,18 @@ class Strategy:
     def options(cls, cfg) -> dict:
         """Constructor keywords this strategy reads from the config."""
         return {}
+
+    def arch_regularizer(self) -> Tensor | None:
+        """Terms added to the loss that updates α: the activation's (DrNAS's KL) and FairDARTS's zero-one
+        loss, −w·mean((σ(α) − 0.5)²) over every α entry, which pushes each σ(α) towards 0 or 1."""
+        terms = [t for t in (self.model.regularizer(), self._zero_one()) if t is not None]
+        return sum(terms[1:], terms[0]) if terms else None
+
+    def _zero_one(self) -> Tensor | None:
+        if self.zero_one_weight <= 0:
+            return None
+        s = torch.cat([torch.sigmoid(a).reshape(-1) for a in self.model.arch.values()])
+        return -self.zero_one_weight * ((s - 0.5) ** 2).mean()
 
     def loss(self, x: Tensor, y: Tensor, net: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         with self.autocast():
@@ -85,7 +99,8 @@ class SingleLevel(Strategy):
         self.w_opt.zero_grad(set_to_none=True)
         self.a_opt.zero_grad(set_to_none=True)
         loss, logits = self.loss(x, y)
-        loss.backward()
+        reg = self.arch_regularizer()  # depends on α alone: w's gradient is the loss's
+        (loss if reg is None else loss + reg).backward()
         if self._bad(loss, self.model.parameters()):
             return skipped_step(x.device)
         self._w_step()
@@ -113,7 +128,8 @@ class FirstOrder(Strategy):
     def arch_grads(self, x: Tensor, y: Tensor) -> list[Tensor]:
         # Only α's gradient is needed: autograd.grad skips every weight-gradient kernel.
         loss, _ = self.loss(x, y, net=self.model)
-        grads = list(torch.autograd.grad(loss, self.model.alphas()))
+        reg = self.arch_regularizer()
+        grads = list(torch.autograd.grad(loss if reg is None else loss + reg, self.model.alphas()))
         _all_reduce_mean(grads)
         return grads
 
@@ -187,6 +203,10 @@ class SecondOrder(FirstOrder):
         alphas = self.model.alphas()
         g = torch.autograd.grad(loss_v, alphas + unrolled)
         d_alpha, v = list(g[:len(alphas)]), list(g[len(alphas):])
+        reg = self.arch_regularizer()
+        if reg is not None:  # the regulariser depends on α alone: its gradient adds to the hypergradient
+            rg = torch.autograd.grad(reg, alphas, allow_unused=True)
+            d_alpha = [d if r is None else d + r for d, r in zip(d_alpha, rg, strict=True)]
         return [da - eta * h for da, h in zip(d_alpha, self._hvp(v, xt, yt), strict=True)]
 
     def _hvp(self, v: list[Tensor], x: Tensor, y: Tensor) -> list[Tensor]:
@@ -226,8 +246,56 @@ def make_optimizers(model: Supernet, cfg) -> tuple[torch.optim.Optimizer, torch.
     return w_opt, a_opt
 
 
+class RandomSampling(Strategy):
+    """RSPS (Li & Talwalkar, "Random search and reproducibility for NAS", UAI 2019): random search with
+    weight sharing. Every step trains one architecture drawn uniformly (only its ops are computed); α is
+    never updated. At the end :meth:`select` scores ``rsps_samples`` drawn architectures on validation
+    batches with the shared weights, and the best one is derived."""
+
+    name = "rsps"
+    optim = "rsps"
+
+    def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
+        self.w_opt.zero_grad(set_to_none=True)
+        weights = self.model.sample_weights()
+        with self.autocast():
+            logits = self.net(x, weights=weights)
+        loss = self.loss_fn(logits.float(), y)
+        loss.backward()
+        if self._bad(loss, self.model.weights()):
+            return skipped_step(x.device)
+        self._w_step()
+        return self._out(loss, logits, y)
+
+    @torch.no_grad()
+    def select(self, batches: list[Batch], samples: int, seed: int) -> tuple[dict[str, Tensor], list[float]]:
+        """(the best of ``samples`` uniformly drawn architectures as one-hot weights, every one's accuracy),
+        each scored on the same ``batches`` with batch statistics (the shared running statistics belong to no
+        single architecture); BN buffers and the global RNG are left as they were."""
+        model = self.model
+        buffers = {n: b.clone() for n, b in model.named_buffers()}
+        was = model.training
+        model.train()
+        scores: list[float] = []
+        best: dict[str, Tensor] = {}
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for _ in range(samples):
+                    w = model.sample_weights()
+                    hits = sum(int((model(x, weights=w).argmax(1) == y).sum()) for x, y in batches)
+                    scores.append(hits / max(sum(len(y) for _, y in batches), 1))
+                    if scores[-1] > max(scores[:-1], default=-1.0):
+                        best = w
+        finally:
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
+            model.train(was)
+        return best, scores
+
+
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", group="sldarts.strategies")
-for _cls in (SingleLevel, FirstOrder, SecondOrder):
+for _cls in (SingleLevel, FirstOrder, SecondOrder, RandomSampling):
     STRATEGIES.register(_cls)
 
 
@@ -238,12 +306,13 @@ def optims() -> tuple[str, ...]:
 
 def strategy_class(optim: str, order: int) -> type[Strategy]:
     for _, cls in STRATEGIES.items():
-        if cls.optim == optim and (cls.order == order or optim == "single"):
+        if cls.optim == optim and (cls.order == order or optim != "bilevel"):
             return cls
     raise SldartsError(f"no strategy for optim={optim} order={order}")
 
 
 def make_strategy(cfg, model: Supernet, net: nn.Module, w_opt, a_opt, autocast=nullcontext) -> Strategy:
-    kw: dict = dict(grad_clip=cfg.grad_clip, autocast=autocast, skip_nonfinite=cfg.nan_policy == "skip")
+    kw: dict = dict(grad_clip=cfg.grad_clip, autocast=autocast, skip_nonfinite=cfg.nan_policy == "skip",
+                    zero_one_weight=cfg.zero_one_weight)
     cls = strategy_class(cfg.optim, cfg.order)
     return cls(model, net, w_opt, a_opt, **kw, **cls.options(cfg))

@@ -74,26 +74,77 @@ class CellGraph:
     edges: list[tuple[str, str, str]]
 
 
+@dataclass(frozen=True)
+class MethodParts:
+    """The supernet-side parts of the one-shot methods (all off: plain DARTS / single-level)."""
+
+    partial: int = 1  # PC-DARTS: mixed ops see 1/K of the channels
+    edge_norm: bool = False  # PC-DARTS: per-edge β, softmax over a node's incoming edges
+    aux_skip: bool = False  # DARTS-: an auxiliary skip connection on every edge, decaying 1 -> 0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> MethodParts:
+        return cls(cfg.partial_channels, cfg.edge_norm, cfg.aux_skip)
+
+
+PLAIN = MethodParts()
+
+
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """Interleave the channels of ``groups`` equal groups (PC-DARTS, after ShuffleNet)."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
 class MixedOp(nn.Module):
     """One edge of the supernet: the weighted sum of every candidate op.
 
     ``none`` contributes exactly zero, so no tensor is built for it; its weight still matters
     for softmax through the normalisation, which the activation already applied.
+
+    Method parts, each off by default:
+    - ``hard`` (GDAS, RSPS): the weights are one-hot; only the chosen op is computed, and the others'
+      weights are added as they are (zero in value) so that their gradient still reaches α, as GDAS does.
+    - ``partial`` = K (PC-DARTS): the ops (built for C/K channels) see the first C/K channels; the rest
+      bypass the edge (max-pooled when it reduces) and a channel shuffle mixes the two.
+    - ``aux`` (DARTS-): a skip connection outside the weights, scaled by ``aux_coef`` (the supernet
+      decays it from 1 to 0 over the epochs).
     """
 
-    def __init__(self, ops: dict[str, nn.Module]) -> None:
+    def __init__(self, ops: dict[str, nn.Module], partial: int = 1, stride: int = 1,
+                 aux: nn.Module | None = None) -> None:
         super().__init__()
         self.names = list(ops)
         self.ops = nn.ModuleList(ops.values())
         self._live = [k for k, op in enumerate(self.ops) if not isinstance(op, Zero)]
+        self.hard = False
+        self.partial = partial
+        self.bypass = nn.MaxPool2d(2, 2) if partial > 1 and stride == 2 else None
+        self.aux = aux
+        self.aux_coef = 0.0
 
-    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+    def _mix(self, x: Tensor, weights: Tensor) -> Tensor:
+        if self.hard:
+            k = int(weights.argmax())
+            return weights[k] * self.ops[k](x) + (weights.sum() - weights[k])
         out = None
         for k in self._live:
             y = weights[k] * self.ops[k](x)
             out = y if out is None else out + y
         if out is None:  # only `none` on this edge
             return self.ops[0](x)
+        return out
+
+    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+        if self.partial == 1:
+            out = self._mix(x, weights)
+        else:
+            c = x.shape[1] // self.partial
+            rest = x[:, c:]
+            out = torch.cat([self._mix(x[:, :c], weights), self.bypass(rest) if self.bypass else rest], dim=1)
+            out = channel_shuffle(out, self.partial)
+        if self.aux is not None and self.aux_coef > 0:
+            out = out + self.aux_coef * self.aux(x)
         return out
 
 
@@ -137,13 +188,54 @@ class Supernet(nn.Module, ABC):
         raise unsupported(type(self).__name__, "analysis hooks", "edge_nodes")
 
     # -- shared machinery ---------------------------------------------------------------------
+    @property
+    def edge_betas(self) -> nn.ParameterDict | None:
+        """PC-DARTS's edge normalisation β, per α key (registered as the submodule ``edge_betas``)."""
+        return self._modules.get("edge_betas")  # type: ignore[return-value]
+
     def named_alphas(self) -> dict[str, nn.Parameter]:
-        """α by their parameter names in ``state_dict`` (what ``functional_call`` takes)."""
-        return {f"arch.{k}": a for k, a in self.arch.items()}
+        """Architecture parameters by their names in ``state_dict`` (what ``functional_call`` takes)."""
+        out = {f"arch.{k}": a for k, a in self.arch.items()}
+        if self.edge_betas is not None:
+            out.update({f"edge_betas.{k}": b for k, b in self.edge_betas.items()})
+        return out
 
     def alphas(self) -> list[nn.Parameter]:
-        """The architecture parameters (kept as module parameters so DDP averages them too)."""
-        return list(self.arch.values())
+        """The architecture parameters, α and (edge_norm) β: module parameters, so DDP averages them too."""
+        return list(self.named_alphas().values())
+
+    # -- method parts ---------------------------------------------------------------------------
+    def set_sparse(self, flag: bool) -> None:
+        """One-hot forward weights (GDAS, RSPS): every mixed op computes only its chosen op."""
+        for m in self.modules():
+            if hasattr(m, "hard"):
+                m.hard = flag
+
+    def set_progress(self, epoch: int, epochs: int) -> None:
+        """Before each epoch: the activation's schedule and DARTS-'s auxiliary-skip coefficient 1 - e/E."""
+        self.activation.set_progress(epoch, epochs)
+        for m in self.modules():
+            if isinstance(m, MixedOp) and m.aux is not None:
+                m.aux_coef = 1.0 - epoch / epochs
+
+    def regularizer(self) -> Tensor | None:
+        """The activation's loss term on α (DrNAS's KL), added to the loss that updates α."""
+        return self.activation.regularizer(list(self.arch.values()))
+
+    def edge_factors(self, key: str) -> Tensor | None:
+        """Edge normalisation (PC-DARTS): per edge, softmax of β over the edges entering the same node."""
+        if self.edge_betas is None:
+            return None
+        beta = self.edge_betas[key]
+        return torch.cat([torch.softmax(beta[a:b], 0) for a, b in self.node_groups()])
+
+    def node_groups(self) -> list[tuple[int, int]]:
+        """[start, end) of the α rows of the edges entering each node (edge normalisation)."""
+        raise unsupported(type(self).__name__, "edge normalisation", "node_groups")
+
+    def sample_weights(self) -> dict[str, Tensor]:
+        """One uniformly sampled architecture as one-hot weights per α key (RSPS), from torch's RNG."""
+        raise unsupported(type(self).__name__, "uniform architecture sampling (RSPS)", "sample_weights")
 
     def weights(self) -> list[nn.Parameter]:
         """Every parameter that is not α: the only ones the weight optimiser ever sees."""
@@ -155,25 +247,37 @@ class Supernet(nn.Module, ABC):
         return ((n, p) for n, p in self.named_parameters() if id(p) not in ids)
 
     def arch_weights(self) -> dict[str, Tensor]:
-        """Activated α, per cell type: what the forward pass multiplies each op by."""
-        return {name: self.activation(a) for name, a in self.arch.items()}
+        """What the forward pass multiplies each op by, per α key: the activated α, or a sample of it while
+        training (GDAS, DrNAS)."""
+        return {name: self.activation.forward_weights(a, self.training) for name, a in self.arch.items()}
 
     @torch.no_grad()
     def _activated(self) -> dict[str, Tensor]:
-        """Activated α without a graph, for derivation."""
-        return {k: v.detach() for k, v in self.arch_weights().items()}
+        """Activated α without a graph, for derivation and metrics; edge-normalised where β exist."""
+        out = {}
+        for k, a in self.arch.items():
+            w = self.activation(a).detach()
+            f = self.edge_factors(k) if self.edge_betas is not None and w.dim() == 2 else None
+            out[k] = w if f is None else w * f.detach()[:, None]
+        return out
 
     def init_alphas(self, value: float | None = None) -> None:
-        for a in self.alphas():
+        for a in self.arch.values():
             self.activation.init_(a, value)
+        for b in (self.edge_betas or {}).values():
+            with torch.no_grad():
+                b.normal_(0.0, 1e-3)  # PC-DARTS: β ~ N(0, 1e-3²)
 
     def alpha_state(self) -> dict[str, Any]:
-        """Raw and activated α as plain lists, for metrics.jsonl."""
+        """Raw and activated α (and β) as plain lists, for metrics.jsonl."""
         with torch.no_grad():
-            return {
+            out = {
                 "alphas": {k: v.detach().cpu().tolist() for k, v in self.arch.items()},
-                "weights": {k: v.detach().cpu().tolist() for k, v in self.arch_weights().items()},
+                "weights": {k: v.cpu().tolist() for k, v in self._activated().items()},
             }
+            if self.edge_betas is not None:
+                out["betas"] = {k: v.detach().cpu().tolist() for k, v in self.edge_betas.items()}
+            return out
 
 
 

@@ -15,7 +15,17 @@ from torch import Tensor, nn
 
 from sldarts.activations import Activation, Softmax, get_activation
 from sldarts.errors import SldartsError
-from sldarts.spaces.base import CellGraph, Decision, MixedOp, SearchSpace, Supernet, param_free_share, top_two
+from sldarts.spaces.base import (
+    PLAIN,
+    CellGraph,
+    Decision,
+    MethodParts,
+    MixedOp,
+    SearchSpace,
+    Supernet,
+    param_free_share,
+    top_two,
+)
 from sldarts.spaces.kernels import lean_batch_norm, separable_conv
 from sldarts.spaces.ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, SepConv, bn
 
@@ -130,35 +140,43 @@ class SearchCell(nn.Module):
     BN, whose output depends only on the input) once per input state instead of once per edge."""
 
     def __init__(self, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool, track: bool,
-                 fused: bool = False) -> None:
+                 fused: bool = False, parts: MethodParts = PLAIN) -> None:
         super().__init__()
         self.reduction = reduction
         self.fused = fused
         self.pre0 = (FactorizedReduce(c_pp, c, False, track) if reduction_prev
                      else ReLUConvBN(c_pp, c, 1, 1, 0, False, track))
         self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0, False, track)
+        k = parts.partial
+        if c % k:
+            raise SldartsError(f"partial_channels={k} must divide the cell's channels ({c}); change channels")
         edges = []
         for i in range(STEPS):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
                 ops = {}
                 for name in OPS:
-                    op = DARTS_OPS[name](c, stride, False, track)
+                    op = DARTS_OPS[name](c // k, stride, False, track)
                     if "pool" in name:  # DARTS: pools get a non-affine BN in the supernet
-                        op = nn.Sequential(op, bn(c, False, track))
+                        op = nn.Sequential(op, bn(c // k, False, track))
                     ops[name] = op
-                edges.append(MixedOp(ops))
+                aux = None
+                if parts.aux_skip:  # DARTS-: identity, or a factorized reduction on reducing edges
+                    aux = nn.Identity() if stride == 1 else FactorizedReduce(c, c, False, track)
+                edges.append(MixedOp(ops, partial=k, stride=stride, aux=aux))
         self.edges = nn.ModuleList(edges)
 
-    def forward(self, s0: Tensor, s1: Tensor, weights: Tensor) -> Tensor:
+    def forward(self, s0: Tensor, s1: Tensor, weights: Tensor, factors: Tensor | None = None) -> Tensor:
         states = [self.pre0(s0), self.pre1(s1)]
         edge = self._fused_edge if self.fused else (lambda e, j, st, w, cache: self.edges[e](st[j], w))
         cache: dict = {}
         e = 0
         for _ in range(STEPS):
-            s = edge(e, 0, states, weights[e], cache)
-            for j in range(1, len(states)):
-                s = s + edge(e + j, j, states, weights[e + j], cache)
+            s = None
+            for j in range(len(states)):
+                y = edge(e + j, j, states, weights[e + j], cache)
+                y = y if factors is None else factors[e + j] * y
+                s = y if s is None else s + y
             e += len(states)
             states.append(s)
         return torch.cat(states[-STEPS:], dim=1)
@@ -241,32 +259,54 @@ class DartsSupernet(Supernet):
     def __init__(self, channels: int = 16, layers: int = 8, num_classes: int = 10, in_channels: int = 3,
                  activation: Activation | None = None, alpha_init: float | None = None,
                  track_running_stats: bool = True, imagenet: bool = False, stem_multiplier: int = 3,
-                 impl: str = "fused") -> None:
+                 impl: str = "fused", parts: MethodParts = PLAIN) -> None:
         super().__init__()
+        if impl == "fused" and parts != PLAIN:
+            raise SldartsError("the fused DARTS cell computes plain mixed ops only; use impl=reference")
         self.activation = activation or Softmax()
         self.stem0, self.stem1, c_pp, c_p, reduction_prev = make_stem(in_channels, channels, imagenet,
                                                                       stem_multiplier)
         self.cells, c_p, _ = stack_cells(
             layers, channels, c_pp, c_p, reduction_prev,
-            lambda *a: SearchCell(*a, track_running_stats, fused=impl == "fused"))
+            lambda *a: SearchCell(*a, track_running_stats, fused=impl == "fused", parts=parts))
         self.classifier = nn.Linear(c_p, num_classes)
         self.arch = nn.ParameterDict({
             "normal": nn.Parameter(torch.empty(EDGES, len(OPS))),
             "reduce": nn.Parameter(torch.empty(EDGES, len(OPS))),
         })
+        if parts.edge_norm:
+            self.edge_betas = nn.ParameterDict({k: nn.Parameter(torch.empty(EDGES)) for k in ("normal", "reduce")})
         self.init_alphas(alpha_init)
+        self.set_sparse(self.activation.sparse)
 
     def forward(self, x: Tensor, weights: dict[str, Tensor] | None = None,
                 cell_weights: dict[int, Tensor] | None = None) -> Tensor:
         """``cell_weights`` gives the c-th cell its own weight tensor (for dL/dp of one cell)."""
         w = weights or self.arch_weights()
+        factors = {k: self.edge_factors(k) for k in ("normal", "reduce")}
         s0 = self.stem0(x)
         s1 = self.stem1(s0) if self.stem1 is not None else s0
         for c, cell in enumerate(self.cells):
-            cw = (cell_weights or {}).get(c, w["reduce"] if cell.reduction else w["normal"])
-            s0, s1 = s1, cell(s0, s1, cw)
+            key = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, cell(s0, s1, (cell_weights or {}).get(c, w[key]), factors[key])
         out = nn.functional.adaptive_avg_pool2d(s1, 1)
         return self.classifier(torch.flatten(out, 1))
+
+    def node_groups(self) -> list[tuple[int, int]]:
+        starts = [sum(2 + k for k in range(i)) for i in range(STEPS)]
+        return [(a, a + 2 + i) for i, a in enumerate(starts)]
+
+    def sample_weights(self) -> dict[str, Tensor]:
+        """Per cell type and node: 2 distinct inputs drawn uniformly, each with an op drawn uniformly from
+        the 7 that are not ``none`` (the other edges' rows stay zero: they contribute nothing)."""
+        out = {}
+        for key in ("normal", "reduce"):
+            w = torch.zeros(EDGES, len(OPS))
+            for a, b in self.node_groups():
+                for j in torch.randperm(b - a)[:2].tolist():
+                    w[a + j, 1 + int(torch.randint(len(OPS) - 1, ()))] = 1.0
+            out[key] = w.to(self.arch[key].device)
+        return out
 
     def edge_nodes(self) -> list[tuple[int, int]]:
         """(to, from) node of each α row; nodes 0, 1 are the cell inputs, 2..5 the intermediate nodes."""
@@ -284,8 +324,8 @@ class DartsSupernet(Supernet):
                     out[(e, name)] = params
         return out
 
-    def derive(self, rule: str = "argmax") -> Genotype:
-        return SPACE.rederive(self._activated(), rule)[0]
+    def derive(self, rule: str = "argmax", weights: dict[str, Tensor] | None = None) -> Genotype:
+        return SPACE.rederive(weights or self._activated(), rule)[0]
 
     def decisions(self, rule: str = "argmax", weights: dict[str, Tensor] | None = None) -> list[Decision]:
         return SPACE.rederive(weights or self._activated(), rule)[1]
@@ -421,8 +461,8 @@ class DartsSpace(SearchSpace):
 
     def supernet(self, cfg: SearchConfig, num_classes: int, in_channels: int) -> DartsSupernet:
         return DartsSupernet(cfg.channels, self.num_cells(cfg.cells), num_classes, in_channels,
-                             get_activation(cfg.activation), cfg.alpha_init, cfg.bn_track_stats,
-                             imagenet=uses_imagenet_stem(cfg), impl=cfg.impl)
+                             get_activation(cfg.activation, cfg), cfg.alpha_init, cfg.bn_track_stats,
+                             imagenet=uses_imagenet_stem(cfg), impl=cfg.impl, parts=MethodParts.from_config(cfg))
 
     def parse(self, value: Any, source: str = "genotype") -> Genotype:
         if isinstance(value, dict):

@@ -61,6 +61,7 @@ class ChoiceSupernet(Supernet):
         self.arch = nn.ParameterDict({
             _key(label): nn.Parameter(torch.empty(_size(ms[0]))) for label, ms in self.groups.items()})
         self.init_alphas(alpha_init)
+        self.set_sparse(self.activation.sparse)
 
     def forward(self, x: Tensor, weights: dict[str, Tensor] | None = None,
                 cell_weights: dict[int, Tensor] | None = None) -> Tensor:
@@ -103,6 +104,15 @@ class ChoiceSupernet(Supernet):
                 order = _ranked(row)
                 kept, dropped = order[m.n_chosen - 1], order[m.n_chosen]
                 out.append(Decision(label, f"input {kept}", f"input {dropped}", float(row[kept] - row[dropped])))
+        return out
+
+    def sample_weights(self) -> dict[str, Tensor]:
+        """Each Choice a candidate drawn uniformly (one-hot), each InputChoice n_chosen inputs (multi-hot)."""
+        out = {}
+        for label, (m, *_) in self.groups.items():
+            n = _size(m)
+            picks = torch.randperm(n)[:m.n_chosen] if isinstance(m, InputChoice) else torch.randint(n, (1,))
+            out[_key(label)] = torch.zeros(n).index_fill(0, picks, 1.0).to(self.arch[_key(label)].device)
         return out
 
     @staticmethod
@@ -163,7 +173,7 @@ class ModelSpace(SearchSpace):
         return model
 
     def supernet(self, cfg: SearchConfig, num_classes: int, in_channels: int) -> ChoiceSupernet:
-        self._last = ChoiceSupernet(self.model(num_classes, in_channels), get_activation(cfg.activation),
+        self._last = ChoiceSupernet(self.model(num_classes, in_channels), get_activation(cfg.activation, cfg),
                                     cfg.alpha_init)
         return self._last
 

@@ -15,7 +15,17 @@ from torch import Tensor, nn
 
 from sldarts.activations import Activation, Sigmoid, get_activation
 from sldarts.errors import SldartsError
-from sldarts.spaces.base import CellGraph, Decision, MixedOp, SearchSpace, Supernet, param_free_share, top_two
+from sldarts.spaces.base import (
+    PLAIN,
+    CellGraph,
+    Decision,
+    MethodParts,
+    MixedOp,
+    SearchSpace,
+    Supernet,
+    param_free_share,
+    top_two,
+)
 from sldarts.spaces.kernels import lean_batch_norm
 from sldarts.spaces.ops import NB201_OPS, ResNetBasicBlock
 
@@ -81,19 +91,25 @@ def derive_arch(weights: Tensor, rule: str = "argmax") -> str:
 class SearchCell(nn.Module):
     """Supernet cell: every edge a :class:`MixedOp` over the 5 ops (non-affine BN, conv with bias)."""
 
-    def __init__(self, c: int, track: bool) -> None:
+    def __init__(self, c: int, track: bool, parts: MethodParts = PLAIN) -> None:
         super().__init__()
+        k = parts.partial
+        if c % k:
+            raise SldartsError(f"partial_channels={k} must divide the cell's channels ({c}); change channels")
         self.edges = nn.ModuleList(
-            MixedOp({name: NB201_OPS[name](c, 1, False, track) for name in OPS}) for _ in EDGES
+            MixedOp({name: NB201_OPS[name](c // k, 1, False, track) for name in OPS}, partial=k,
+                    aux=nn.Identity() if parts.aux_skip else None) for _ in EDGES
         )
 
-    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+    def forward(self, x: Tensor, weights: Tensor, factors: Tensor | None = None) -> Tensor:
         nodes = [x]
         e = 0
         for j in range(1, NODES):
-            s = self.edges[e](nodes[0], weights[e])
-            for i in range(1, j):
-                s = s + self.edges[e + i](nodes[i], weights[e + i])
+            s = None
+            for i in range(j):
+                y = self.edges[e + i](nodes[i], weights[e + i])
+                y = y if factors is None else factors[e + i] * y
+                s = y if s is None else s + y
             nodes.append(s)
             e += j
         return nodes[-1]
@@ -198,25 +214,45 @@ class NB201Supernet(Supernet, _Macro):
 
     def __init__(self, channels: int = 16, cells: int = 5, num_classes: int = 10, in_channels: int = 3,
                  activation: Activation | None = None, alpha_init: float | None = None,
-                 track_running_stats: bool = True, impl: str = "fused") -> None:
-        cell = {"fused": FusedSearchCell, "reference": SearchCell}[impl]
-        _Macro.__init__(self, channels, cells, num_classes, in_channels, lambda c: cell(c, track_running_stats))
+                 track_running_stats: bool = True, impl: str = "fused", parts: MethodParts = PLAIN) -> None:
+        if impl == "fused" and parts != PLAIN:
+            raise SldartsError("the fused NB201 cell computes plain mixed ops only; use impl=reference")
+        if impl == "fused":
+            make = lambda c: FusedSearchCell(c, track_running_stats)  # noqa: E731
+        else:
+            make = lambda c: SearchCell(c, track_running_stats, parts)  # noqa: E731
+        _Macro.__init__(self, channels, cells, num_classes, in_channels, make)
         self.activation = activation or Sigmoid()
         self.arch = nn.ParameterDict({"cell": nn.Parameter(torch.empty(len(EDGES), len(OPS)))})
+        if parts.edge_norm:
+            self.edge_betas = nn.ParameterDict({"cell": nn.Parameter(torch.empty(len(EDGES)))})
         self.init_alphas(alpha_init)
+        self.set_sparse(self.activation.sparse)
 
     def forward(self, x: Tensor, weights: dict[str, Tensor] | None = None,
                 cell_weights: dict[int, Tensor] | None = None) -> Tensor:
         w = (weights or self.arch_weights())["cell"]
+        factors = self.edge_factors("cell")
         x = self.stem(x)
         c = 0
         for layer in self.layers:
-            if isinstance(layer, (SearchCell, FusedSearchCell)):
+            if isinstance(layer, FusedSearchCell):
                 x = layer(x, (cell_weights or {}).get(c, w))
+                c += 1
+            elif isinstance(layer, SearchCell):
+                x = layer(x, (cell_weights or {}).get(c, w), factors)
                 c += 1
             else:
                 x = layer(x)
         return self.head(x)
+
+    def node_groups(self) -> list[tuple[int, int]]:
+        return [(0, 1), (1, 3), (3, 6)]  # edges into nodes 1, 2, 3
+
+    def sample_weights(self) -> dict[str, Tensor]:
+        """Each edge an op drawn uniformly from the 5 (``none`` included, as NB201's random search)."""
+        idx = torch.randint(len(OPS), (len(EDGES),))
+        return {"cell": nn.functional.one_hot(idx, len(OPS)).float().to(self.arch["cell"].device)}
 
     def edge_nodes(self) -> list[tuple[int, int]]:
         """(to, from) node of each α row."""
@@ -242,8 +278,8 @@ class NB201Supernet(Supernet, _Macro):
                         out[(e, name)] = params
         return out
 
-    def derive(self, rule: str = "argmax") -> str:
-        return derive_arch(self._activated()["cell"], rule)
+    def derive(self, rule: str = "argmax", weights: dict[str, Tensor] | None = None) -> str:
+        return derive_arch((weights or self._activated())["cell"], rule)
 
     def decisions(self, rule: str = "argmax", weights: dict[str, Tensor] | None = None) -> list[Decision]:
         return edge_decisions((weights or self._activated())["cell"], rule)
@@ -281,7 +317,8 @@ class NB201Space(SearchSpace):
 
     def supernet(self, cfg: SearchConfig, num_classes: int, in_channels: int) -> NB201Supernet:
         return NB201Supernet(cfg.channels, self.num_cells(cfg.cells), num_classes, in_channels,
-                             get_activation(cfg.activation), cfg.alpha_init, cfg.bn_track_stats, impl=cfg.impl)
+                             get_activation(cfg.activation, cfg), cfg.alpha_init, cfg.bn_track_stats, impl=cfg.impl,
+                             parts=MethodParts.from_config(cfg))
 
     def parse(self, value: Any, source: str = "architecture") -> str:
         return format_arch(parse_arch(value))
