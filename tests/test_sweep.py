@@ -35,7 +35,8 @@ def test_every_point_is_validated_before_anything_runs(tmp_path):
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
 def test_shipped_sweeps_expand(path):
-    expected = {"table1.yaml": 27, "table2.yaml": 72, "table3.yaml": 9, "table5-darts-imagenet.yaml": 18}
+    expected = {"table1.yaml": 27, "table2.yaml": 72, "table3.yaml": 9, "table5-darts-imagenet.yaml": 18,
+                "table3-methods.yaml": 27}
     assert len(load_sweep(path, [])[1]) == expected[path.name]
 
 
@@ -99,3 +100,17 @@ def test_small_sweep_end_to_end_and_resume(tmp_path, capsys):
     assert before == {p: (p / "result.json").stat().st_mtime_ns for p in before}
     with pytest.raises(SldartsError, match="other base settings"):
         run_sweep(None, ["epochs=2", "seed=0,1"], out, log=lambda m: None)
+
+
+def test_report_puts_the_papers_table3_beside_each_method(tmp_path):
+    for i, (method, acc) in enumerate([("gdas", 93.0), ("gdas", 94.0), ("pcdarts", 92.0)]):
+        _fake_run(tmp_path / f"p{i}", "bilevel", i, acc)
+        res = json.loads((tmp_path / f"p{i}" / "result.json").read_text())
+        res["config"]["method"] = method
+        (tmp_path / f"p{i}" / "result.json").write_text(json.dumps(res))
+    md = report(tmp_path)
+    head = md.splitlines()[0]
+    assert "| paper CIFAR-10 test |" in head and "| paper CIFAR-100 test |" in head
+    gdas = [x for x in md.splitlines() if x.startswith("| gdas ")][0]
+    assert "| 93.50 ± 0.50 |" in gdas and "| 93.51 ± 0.13 |" in gdas and "| 70.61 ± 0.26 |" in gdas
+    assert [x for x in md.splitlines() if x.startswith("| pcdarts ")][0].split(" | ").count("-") == 3  # not in it

@@ -25,6 +25,18 @@ from sldarts.rundir import OPERATIONAL
 IGNORED = OPERATIONAL | {"seed"}  # keys that do not make a setting: how a run executes, and the seed
 NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet16-120": "ImageNet16-120"}
 
+# The paper's Table 3 (NAS-Bench-201, mean ± std over its runs), by method preset: CIFAR-10 valid, test,
+# CIFAR-100 valid, test, ImageNet16-120 valid, test. DARTS's row is the same for first and second order.
+PAPER_TABLE3: dict[str, tuple[str, ...]] = {
+    "rsps": ("84.16 ± 1.69", "87.66 ± 1.69", "59.00 ± 4.60", "58.33 ± 4.34", "31.56 ± 3.28", "31.14 ± 3.88"),
+    "darts": ("39.77 ± 0.00", "54.30 ± 0.00", "15.03 ± 0.00", "15.61 ± 0.00", "16.43 ± 0.00", "16.32 ± 0.00"),
+    "gdas": ("90.00 ± 0.21", "93.51 ± 0.13", "71.14 ± 0.27", "70.61 ± 0.26", "41.70 ± 1.26", "41.84 ± 0.90"),
+    "darts-minus": ("91.03 ± 0.44", "93.80 ± 0.40", "71.36 ± 1.51", "71.53 ± 1.51", "44.87 ± 1.46", "45.12 ± 0.82"),
+    "single-darts": ("91.55 ± 0.00", "94.36 ± 0.00", "73.49 ± 0.00", "73.51 ± 0.00", "44.87 ± 0.00",
+                     "46.34 ± 0.00"),
+}
+PAPER_COLUMNS = [f"{NAMES[d]} {s}" for d in BENCHMARK_SETS for s in SPLITS]
+
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     m = sum(values) / len(values)
@@ -104,7 +116,8 @@ def _cell(v: Any, decimals: int) -> str:
 
 
 def markdown(varying: list[str], columns: list[str], rows: list[dict[str, Any]]) -> str:
-    head = varying + columns + ["n", "distinct cells", "modal cell"]
+    paper = [c for c in columns if c in PAPER_COLUMNS] if "method" in varying else []
+    head = varying + columns + [f"paper {c}" for c in paper] + ["n", "distinct cells", "modal cell"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     modal = []
     for r in rows:
@@ -113,7 +126,9 @@ def markdown(varying: list[str], columns: list[str], rows: list[dict[str, Any]])
         cell, found = r["cells"][0]
         if cell not in modal:
             modal.append(cell)
+        published = PAPER_TABLE3.get(str(r.get("method")))
         cells = ([str(r[k]) for k in varying] + [_cell(r[c], dec(c)) for c in columns]
+                 + [published[PAPER_COLUMNS.index(c)] if published else "-" for c in paper]
                  + [str(n), str(len(r["cells"])), f"C{modal.index(cell) + 1} ({found}/{n} seeds)"])
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Modal cells:"] + [f"- C{i + 1}: `{c}`" for i, c in enumerate(modal)]
