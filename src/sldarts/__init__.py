@@ -21,7 +21,8 @@ from sldarts.config import RetrainConfig, SearchConfig
 from sldarts.errors import SldartsError
 from sldarts.nn import Choice, InputChoice, fix
 
-__all__ = ["Choice", "InputChoice", "RetrainConfig", "SearchConfig", "SldartsError", "fix", "search", "retrain"]
+__all__ = ["Choice", "InputChoice", "RetrainConfig", "SearchConfig", "SldartsError", "fix", "load", "retrain",
+           "search"]
 __version__ = "0.1.0"
 
 
@@ -44,3 +45,11 @@ def retrain(config: RetrainConfig | None = None, **overrides: Any) -> dict[str, 
     elif overrides:
         config = load_config(None, overrides, base=config.to_dict(), schema=RetrainConfig)
     return _retrain(config)
+
+
+def load(run_dir: str) -> Any:
+    """The trained network of a retrain run (or a searched user model fixed with its choices), in eval
+    mode, with its preprocessing: ``.model``, ``.shape``, ``.mean``, ``.std``, ``.classes``, ``.preprocess``."""
+    from sldarts.export import load as _load
+
+    return _load(run_dir)

@@ -149,6 +149,23 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from sldarts.export import export
+
+    print(export(args.run_dir, args.format, args.out))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from sldarts.export import predict
+
+    for row in predict(args.run_dir, args.images, args.top):
+        print(row["image"])
+        for t in row["top"]:
+            print(f"  {t['probability']:.4f}  {t['class']}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from sldarts.bench import dump, run_bench, table
     from sldarts.spaces import SPACES
@@ -165,7 +182,10 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sldarts import __version__
+
     p = _Parser(prog="sldarts", description="Single-level differentiable architecture search (and DARTS).")
+    p.add_argument("--version", action="version", version=f"sldarts {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s = sub.add_parser("search", help="search a cell (YAML config plus key=value overrides)")
     s.add_argument("--config", help="YAML file of settings (see configs/)")
@@ -222,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("run_dirs", nargs="+")
     an.add_argument("--out", required=True, help="folder for the PNG/PDF figures and report.md")
     an.set_defaults(func=_analyze)
+    ex = sub.add_parser("export", help="a retrain run (or a searched user model) as TorchScript or ONNX")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", required=True, help="torchscript or onnx")
+    ex.add_argument("--out", required=True, help="the file to write")
+    ex.set_defaults(func=_export)
+    pr = sub.add_parser("predict", help="top-5 classes of images with a run's trained network")
+    pr.add_argument("run_dir")
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--top", type=int, default=5)
+    pr.set_defaults(func=_predict)
     b = sub.add_parser("bench", help="time and measure supernet steps, reference vs optimised")
     b.add_argument("--space", help="a registered space (default: every one) or pkg.mod:build of a user model")
     b.add_argument("--modes", help="registered strategies, comma-separated (default single,bilevel1,bilevel2, "

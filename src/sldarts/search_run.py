@@ -170,7 +170,7 @@ class SearchRun(EpochRun):
         out: dict[str, Any] = {"space": cfg.space, "arch_key": self.space.arch_key, self.space.arch_key: arch,
                                "param_free_ratio": ratio, "derive": cfg.derive, **extra,
                                "valid_acc": last["valid_acc"] if last else None, "epochs": cfg.epochs,
-                               "seconds": round(seconds, 1)}
+                               "seconds": round(seconds, 1), "input": self.data.input_spec()}
         if self.benchmark is not None:
             out["benchmark"] = self.benchmark.query(arch)
         decisions = self._decisions() if cfg.optim != "rsps" else None  # RSPS decides by scores, not α

@@ -45,6 +45,7 @@ __all__ = ["DATASETS", "SearchData", "build_search_data", "load_arrays", "Cycle"
            "DatasetLoader"]
 
 TRAIN, ARCH, EVAL = 1, 2, 3  # random streams
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @dataclass(frozen=True)
@@ -80,16 +81,26 @@ class SearchData:
         x, _ = next(iter(self.eval.epoch(0)))
         return tuple(x.shape[1:])
 
+    def input_spec(self) -> dict:
+        """What a trained network expects, for ``sldarts.load``/``predict``: the input shape, the
+        normalisation of pixels scaled to [0, 1] (none for user data sets, which bring their own) and the
+        class names where the data set has them."""
+        info = self.info
+        return {"shape": list(self.sample_shape), "num_classes": info.num_classes,
+                "mean": list(info.mean[:info.in_channels]), "std": list(info.std[:info.in_channels]),
+                "classes": list(info.classes)}
+
 
 def load_arrays(name: str, root: str | Path, size: int = 0) -> tuple[ArrayData, ArrayData, DatasetInfo]:
     """Read an in-memory data set: (train, test, info)."""
     root = Path(root)
     if name == "digits":
         tr, te = read_digits()
-        return tr, te, DatasetInfo("digits", 10, 1, (0.305,), (0.38,), pad=1, flip=False)
+        return tr, te, DatasetInfo("digits", 10, 1, (0.305,), (0.38,), pad=1, flip=False,
+                                   classes=tuple(str(i) for i in range(10)))
     if name == "cifar10":
         tr, te = read_cifar10(root)
-        return tr, te, DatasetInfo(name, 10, 3, CIFAR_MEAN, CIFAR_STD, pad=4, flip=True)
+        return tr, te, DatasetInfo(name, 10, 3, CIFAR_MEAN, CIFAR_STD, pad=4, flip=True, classes=CIFAR10_CLASSES)
     if name == "cifar100":
         tr, te = read_cifar100(root)
         return tr, te, DatasetInfo(name, 100, 3, C100_MEAN, C100_STD, pad=4, flip=True)

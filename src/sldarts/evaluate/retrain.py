@@ -107,7 +107,7 @@ class RetrainRun(EpochRun):
             "space": self.space.name, "arch_key": self.space.arch_key, self.space.arch_key: self.arch,
             "recipe": self.cfg.recipe, "dataset": self.cfg.dataset, "epochs": self.cfg.epochs,
             "top1": last["valid_acc"] if last else None, "seconds": round(seconds, 1),
-            "params": count_params(self.model),
+            "params": count_params(self.model), "input": self.data.input_spec(),
         }
         if last and "valid_top5" in last:
             out["top5"] = last["valid_top5"]
