@@ -42,6 +42,11 @@ def _registered(kind: str) -> dict:
     return {"choices": names}
 
 
+def _check_resume(value: bool | str) -> None:
+    if isinstance(value, str) and value != "auto":
+        raise SldartsError(f"config: resume={value!r} must be true, false or auto")
+
+
 def _check_space(value: str) -> None:
     from sldarts.registry import is_import_path
     from sldarts.spaces import SPACES, get_space
@@ -119,7 +124,9 @@ class RunOptions(ConfigBase):
     log_every: int = field(default=20, metadata=_range(1))
     progress: str = field(default="auto", metadata=_choice(*PROGRESS))
     out: str = ""
-    resume: bool = False
+    # true/auto: continue the run the directory holds, or start it when it holds none (what a requeued
+    # Slurm job and `torchrun --max-restarts` need: they run the very same command again)
+    resume: bool | str = field(default=False, metadata={"check": lambda v: _check_resume(v)})
     overwrite: bool = False
     nan_policy: str = field(default="stop", metadata=_choice("stop", "skip"))
 

@@ -40,8 +40,28 @@ def setup(device: str) -> tuple[Dist, torch.device]:
         except RuntimeError:
             raise SldartsError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        store = _attempt_store(rank, world)
+        if store is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world)
     return Dist(rank, world, local), dev
+
+
+def _attempt_store(rank: int, world: int) -> dist.Store | None:
+    """Under torchrun, a store whose keys are private to this restart attempt. After ``--max-restarts``
+    brings the workers back, the agent's store still holds the dead workers' addresses, and gloo's new
+    process group connects to them and hangs (seen with torch 2.13); a prefix per attempt avoids it."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or "MASTER_ADDR" not in os.environ:
+        return None
+    from datetime import timedelta
+
+    host = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and rank == 0  # else the agent hosts it
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=host,
+                          timeout=timedelta(minutes=30))
+    return dist.PrefixStore(f"sldarts/attempt{attempt}/", store)
 
 
 def all_sum(*values: torch.Tensor) -> list[torch.Tensor]:
