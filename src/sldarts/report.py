@@ -71,6 +71,14 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[str], list[str], list[di
         raise SldartsError("no finished runs to report")
     keys = sorted({k for r in runs for k in r["config"]} - IGNORED)
     varying = [k for k in keys if len({json.dumps(r["config"].get(k)) for r in runs}) > 1]
+    if "method" in varying:  # keys a method preset sets, and that vary only with it, say nothing more
+        def by_method(k: str) -> bool:
+            seen: dict[str, set[str]] = {}
+            for r in runs:
+                seen.setdefault(str(r["config"].get("method")), set()).add(json.dumps(r["config"].get(k)))
+            return all(len(v) == 1 for v in seen.values())
+
+        varying = ["method"] + [k for k in varying if k != "method" and not by_method(k)]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault(tuple(json.dumps(r["config"].get(k)) for k in varying), []).append(r)
