@@ -23,7 +23,7 @@ from sldarts.nn import Choice, InputChoice, fix
 
 __all__ = ["Choice", "InputChoice", "RetrainConfig", "SearchConfig", "SldartsError", "fix", "load", "retrain",
            "search"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def search(config: SearchConfig | None = None, **kwargs: Any) -> dict[str, Any]:

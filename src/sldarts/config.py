@@ -42,6 +42,15 @@ def _registered(kind: str) -> dict:
     return {"choices": names}
 
 
+def _check_loggers(value: str) -> None:
+    from sldarts.loggers import LOGGERS, names
+
+    for name in names(value):
+        if name not in LOGGERS:
+            raise SldartsError(f"config: logger={name!r} is not one of {', '.join(LOGGERS)}"
+                               + _suggest(name, LOGGERS))
+
+
 def _check_resume(value: bool | str) -> None:
     if isinstance(value, str) and value != "auto":
         raise SldartsError(f"config: resume={value!r} must be true, false or auto")
@@ -129,6 +138,7 @@ class RunOptions(ConfigBase):
     resume: bool | str = field(default=False, metadata={"check": lambda v: _check_resume(v)})
     overwrite: bool = False
     nan_policy: str = field(default="stop", metadata=_choice("stop", "skip"))
+    logger: str = field(default="", metadata={"check": lambda v: _check_loggers(v)})  # tensorboard,wandb,mlflow
 
 
 @dataclass

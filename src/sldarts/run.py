@@ -25,6 +25,7 @@ from torch import Tensor
 from sldarts import checkpoint as ckpt
 from sldarts.distributed import all_sum, barrier, broadcast_buffers, setup
 from sldarts.errors import SldartsError
+from sldarts.loggers import Loggers, flatten
 from sldarts.progress import Progress
 from sldarts.rundir import append_line, prepare_run_dir, read_metrics
 
@@ -169,6 +170,7 @@ class EpochRun:
         self.step_in_epoch = 0  # steps completed within the current epoch (graceful stop)
         self.partial = Partial()
         self.stop = StopSignal(self.dist.world, self.device)
+        self.loggers = Loggers("", Path("."), {}, False, 0)  # opened by run()
         self.skipped_steps = 0  # non-finite batches dropped in the last epoch (nan_policy=skip)
         self.resuming = resuming and (self.out / "checkpoint.pt").exists()
         if self.resuming:
@@ -250,7 +252,20 @@ class EpochRun:
         row.update(seconds=round(seconds, 3), eval_seconds=round(time.time() - t0, 3))
         if self.dist.main:
             append_line(self.out / "metrics.jsonl", json.dumps(row))
+        if self.loggers:  # one step axis: the global step that ends the epoch
+            step = epoch * len(self.train_loader)
+            self.loggers.scalars(flatten(row), step)
+            self.loggers.images(self.figures(row), step)
+            self.loggers.flush()
         return row
+
+    def figures(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Images for the dashboards each epoch (tag -> RGB array)."""
+        return {}
+
+    def final_figures(self) -> dict[str, Any]:
+        """Images for the dashboards at the end (the derived cell's diagram)."""
+        return {}
 
     def check_finite(self, loss_sum: torch.Tensor | float, where: str) -> None:
         if not math.isfinite(float(loss_sum)) or not self.params_finite():
@@ -286,6 +301,9 @@ class EpochRun:
             if self.progress.wants(k):
                 self.check_finite(loss_sum, f"epoch {e + 1} step {k}")
                 self.progress.update(k, float(loss_sum) / count, float(correct) / count)
+                if self.loggers:
+                    self.loggers.scalars({"step/train_loss": float(loss_sum) / count,
+                                          "step/train_acc": float(correct) / count}, e * steps + k)
             if self.stop.check(self.progress.wants(k) or k == steps) and k < steps:
                 self.partial = Partial(float(loss_sum), float(correct), count, time.time() - t0, skipped)
                 self.check_finite(loss_sum, f"epoch {e + 1} step {k}")
@@ -308,6 +326,15 @@ class EpochRun:
         if (self.out / "result.json").exists() and self.resuming:
             self.progress.message(f"{self.out}: already finished")
             return json.loads((self.out / "result.json").read_text())
+        self.loggers = Loggers(cfg.logger, self.out, cfg.to_dict(), self.resuming,
+                               self.epoch * len(self.train_loader) + self.step_in_epoch, enabled=self.dist.main)
+        try:
+            return self._run()
+        finally:
+            self.loggers.finish()
+
+    def _run(self) -> dict[str, Any]:
+        cfg = self.cfg
         if self.dist.main and not self.resuming:
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
             ckpt.atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -345,4 +372,6 @@ class EpochRun:
                 ckpt.atomic_write_text(self.out / name, text)
             ckpt.atomic_write_text(self.out / "result.json", json.dumps(result, indent=1) + "\n")
             self.on_finish(result)
+            if self.loggers:
+                self.loggers.images(self.final_figures(), cfg.epochs * len(self.train_loader))
         return result

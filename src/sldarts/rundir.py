@@ -19,8 +19,10 @@ from sldarts.errors import SldartsError
 # Keys that may differ between a run and its resumption without changing what it computes (beyond float
 # rounding); channels_last also lets runs written before it existed resume.
 OPERATIONAL = {"resume", "overwrite", "device", "progress", "workers", "threads", "log_every", "out", "benchmark",
-               "channels_last"}
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json", "log.txt", "genotype.json")
+               "logger", "channels_last"}
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json", "log.txt", "genotype.json",
+             "loggers.json", "analysis.jsonl")
+RUN_DIRS = ("tensorboard", "wandb", "mlruns")  # the dashboards' own files
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -59,7 +61,7 @@ def prepare_run_dir(cfg: Any, default: Path, main: bool = True) -> tuple[Path, b
             if main:
                 for name in RUN_FILES:
                     (out / name).unlink(missing_ok=True)
-                for extra in out.glob("cell*"):
+                for extra in [*out.glob("cell*"), *(out / d for d in RUN_DIRS if (out / d).exists())]:
                     extra.unlink() if extra.is_file() else shutil.rmtree(extra)
             return out, False
         if not cfg.resume:

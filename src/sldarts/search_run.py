@@ -208,6 +208,16 @@ class SearchRun(EpochRun):
     def artifacts(self, result: dict[str, Any]) -> dict[str, str]:
         return self.space.artifacts(result[self.space.arch_key])
 
+    def figures(self, row: dict[str, Any]) -> dict[str, Any]:
+        from sldarts.loggers import heatmaps
+
+        return heatmaps(row.get("weights", {}), self.space.labels)
+
+    def final_figures(self) -> dict[str, Any]:
+        from sldarts.loggers import png
+
+        return {f"cell/{p.stem}": png(p) for p in sorted(self.out.glob("cell_*.png"))}
+
     def on_finish(self, result: dict[str, Any]) -> None:
         from sldarts.plot import plot_cells
 
