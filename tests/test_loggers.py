@@ -80,7 +80,11 @@ def test_every_dashboard_holds_the_metrics_the_heat_maps_and_the_cell(tmp_path):
     assert {k for h in wb for k in h if not k.startswith(("_", "alpha", "cell"))} == set(tags["scalars"])
 
 
-def test_a_killed_and_resumed_search_continues_the_same_logged_runs(tmp_path):
+def test_a_killed_and_resumed_search_continues_the_same_logged_runs(tmp_path, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("WANDB_SERVICE")]:
+        # an in-process W&B run of another test left its service in the environment: the killed child would
+        # share it, and that service would hold the run "in use" for the rest of the session
+        monkeypatch.delenv(key)
     run = tmp_path / "r"
     args = [*ARGS, "epochs=3", "progress=lines", "deterministic=true", "threads=1", f"out={run}"]
     p = cli(args)
