@@ -126,7 +126,14 @@ def _sweep(args: argparse.Namespace) -> int:
 
     gpus = args.gpus.split(",") if args.gpus else None
     log = (lambda m: None) if args.print else (lambda m: print(m, file=sys.stderr, flush=True))
-    run_sweep(args.config, args.items, args.out, args.parallel, gpus, args.print, log=log)
+    slurm = None
+    if args.launcher != "local":
+        from sldarts.launch import SlurmOptions
+
+        slurm = SlurmOptions(args.partition, args.gpus_per_job, args.cpus_per_job, args.time_limit,
+                             args.array_parallelism)
+    run_sweep(args.config, args.items, args.out, args.parallel, gpus, args.print, log=log, launcher=args.launcher,
+              slurm=slurm)
     if not args.print:
         from sldarts.report import report
 
@@ -234,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--parallel", type=int, default=1, help="concurrent processes (per GPU with --gpus)")
     sw.add_argument("--gpus", help="comma-separated GPU ids, e.g. 0,1 (several searches may share one)")
     sw.add_argument("--print", action="store_true", help="print one command per unfinished point instead")
+    sw.add_argument("--launcher", default="local", choices=["local", "submitit-local", "slurm"],
+                    help="local process pool (default), or one submitit job per point (Slurm, or submitit's local "
+                    "executor)")
+    sw.add_argument("--partition", help="Slurm partition")
+    sw.add_argument("--gpus-per-job", type=int, default=0, help="Slurm: GPUs per point")
+    sw.add_argument("--cpus-per-job", type=int, default=2, help="Slurm: CPUs per point")
+    sw.add_argument("--time-limit", type=int, default=60, help="minutes per job; a timed-out job is requeued")
+    sw.add_argument("--array-parallelism", type=int, default=16, help="Slurm: points running at once")
     sw.set_defaults(func=_sweep)
     rp = sub.add_parser("report", help="mean ± std table of a sweep (writes report.md and report.csv)")
     rp.add_argument("sweep_dir")

@@ -105,8 +105,10 @@ def status(sweep_dir: Path, point: Point) -> str:
 
 
 def run_sweep(path: str | Path | None, items: list[str], out: str | Path, parallel: int = 1,
-              gpus: list[str] | None = None, print_only: bool = False, log=print) -> list[dict[str, Any]]:
-    """Run (or print) every unfinished point; returns one dict per point with its status."""
+              gpus: list[str] | None = None, print_only: bool = False, log=print, launcher: str = "local",
+              slurm: Any = None) -> list[dict[str, Any]]:
+    """Run (or print) every unfinished point; returns one dict per point with its status. ``launcher``:
+    ``local`` (a process pool here), ``slurm`` or ``submitit-local`` (one submitit job per point)."""
     sweep_dir = Path(out)
     base, points = load_sweep(path, items)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -122,6 +124,15 @@ def run_sweep(path: str | Path | None, items: list[str], out: str | Path, parall
     if print_only:
         for p in todo:
             print(shlex.join(point_command(sweep_dir, p, status(sweep_dir, p) == "partial")))
+        return [{"name": p.name, "status": status(sweep_dir, p)} for p in points]
+    if launcher != "local":
+        from sldarts.launch import SlurmOptions, run_jobs
+
+        argv = [(p.name, [*point_command(sweep_dir, p, False)[3:], "resume=auto"]) for p in todo]
+        failed = run_jobs(sweep_dir, argv, launcher, slurm or SlurmOptions(), log=log)
+        if failed:
+            raise SldartsError(f"{len(failed)} of {len(todo)} points did not finish ({', '.join(failed[:3])}); see "
+                               f"{sweep_dir}/.submitit/*_log.*, fix, and run the same command again to resume them")
         return [{"name": p.name, "status": status(sweep_dir, p)} for p in points]
     slots = [g for g in (gpus or [None]) for _ in range(max(parallel, 1))] if gpus else [None] * max(parallel, 1)
     running: dict[int, tuple[subprocess.Popen, Point, Any]] = {}
