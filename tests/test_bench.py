@@ -31,3 +31,14 @@ def test_child_process_reports_its_own_peak_not_the_parents():
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                  check=True).stdout.split()[-1])
     assert held[-1] == 1 and own_peak_rss_mb() >= 1024 and child < 900
+
+
+def test_bench_times_method_presets_against_the_first(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["bench", "--space", "nb201", "--method", "darts,gdas,pcdarts", "--batch-size", "4", "--image", "8",
+                 "--channels", "4", "--repeats", "1", "--out", str(out)]) == 0
+    rows = json.load(open(out))["rows"]
+    assert [(r["mode"], r["impl"], r["layout"]) for r in rows] == [
+        ("methods", "darts", "NHWC"), ("methods", "gdas", "NCHW"), ("methods", "pcdarts", "NCHW")]
+    table = capsys.readouterr().out
+    assert "| nb201 | methods | darts |" in table and "| 1.00x | 1.00x |" in table

@@ -1,16 +1,12 @@
 """The one-shot methods of the paper's comparison, each checked against its defining computation, and every
 preset run (both spaces, single-level where it makes sense, a user model, kill -9 and resume)."""
 
-import json
 import math
-import os
-import signal
-import time
 
 import pytest
 import torch
 import userspace
-from test_reliability import cli, final_state, wait_for_epoch
+from test_reliability import killed_once_and_resumed
 
 import sldarts
 from sldarts.activations import Dirichlet, Gumbel
@@ -239,18 +235,5 @@ def test_methods_on_a_user_model(tmp_path, method):
 def test_every_preset_resumes_exactly_after_kill_9(tmp_path, method):
     args = ["search", f"method={method}", "epochs=2", "train_samples=96", "channels=4", "cells=1", "batch_size=32",
             "eval_samples=32", "deterministic=true", "threads=1", "progress=lines", "log_every=1", "rsps_samples=4"]
-    full, part = tmp_path / "full", tmp_path / "part"
-    p = cli([*args, f"out={full}"])
-    assert p.wait(300) == 0, p.stderr.read()
-    p = cli([*args, f"out={part}"])
-    wait_for_epoch(part, 1, p)
-    time.sleep(0.02 * (1 + os.getpid() % 5))
-    p.send_signal(signal.SIGKILL)
-    p.wait(30)
-    p = cli([*args, f"out={part}", "resume=true"])
-    assert p.wait(300) == 0, p.stderr.read()
-    a, b = final_state(full), final_state(part)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    ra, rb = (json.load(open(d / "result.json")) for d in (full, part))
-    assert ra["arch"] == rb["arch"]
+    full, part = killed_once_and_resumed(args, tmp_path)
+    assert full["arch"] == part["arch"]

@@ -51,6 +51,26 @@ def wait_for_epoch(run: Path, epoch: int, proc, timeout=120) -> None:
     raise AssertionError("timed out")
 
 
+def killed_once_and_resumed(args: list[str], tmp_path: Path) -> tuple[dict, dict]:
+    """Run ``args`` to the end, and again killed with kill -9 after its first epoch and resumed: both final
+    states, which must be bit-identical."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    p = cli([*args, f"out={full}"])
+    assert p.wait(300) == 0, p.stderr.read()
+    p = cli([*args, f"out={part}"])
+    wait_for_epoch(part, 1, p)
+    time.sleep(0.02 * (1 + os.getpid() % 5))
+    p.send_signal(signal.SIGKILL)
+    p.wait(30)
+    p = cli([*args, f"out={part}", "resume=true"])
+    assert p.wait(300) == 0, p.stderr.read()
+    a, b = final_state(full), final_state(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    return (json.load(open(full / "result.json")), json.load(open(part / "result.json")))
+
+
 @pytest.mark.parametrize("kind,extra", [
     ("search", ["optim=single"]), ("search", ["optim=bilevel", "order=1"]), ("search", ["optim=bilevel", "order=2"]),
     ("retrain", []),

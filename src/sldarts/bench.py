@@ -58,8 +58,8 @@ def _state_bytes(model: torch.nn.Module, opts) -> int:
 
 
 def _prepare(space: str, impl: str, mode: str, batch_size: int, device: torch.device, image: int,
-             channels: int, cells: int) -> tuple[Callable[[], None], float]:
-    """Build one supernet + strategy, warm it up, and measure one step's peak memory: (step, bytes)."""
+             channels: int, cells: int) -> tuple[Callable[[], None], float, str]:
+    """Build one supernet + strategy, warm it up, and measure one step's peak memory: (step, bytes, layout)."""
     base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0  # other rows' models
     if impl.startswith("method:"):  # a method preset, on the implementation it resolves to
         cfg = load_config(None, dict(method=impl[7:], space=space, batch_size=batch_size, channels=channels,
@@ -89,9 +89,10 @@ def _prepare(space: str, impl: str, mode: str, batch_size: int, device: torch.de
         torch.cuda.reset_peak_memory_stats(device)
     with saved_tensor_bytes() as box:
         step()
+    name = "NHWC" if fused else "NCHW"
     if device.type == "cuda":
-        return step, torch.cuda.max_memory_allocated(device) - base
-    return step, box["bytes"] + _state_bytes(model, (w_opt, a_opt))
+        return step, torch.cuda.max_memory_allocated(device) - base, name
+    return step, box["bytes"] + _state_bytes(model, (w_opt, a_opt)), name
 
 
 def bench_rows(space: str | list[tuple[str, str]], mode: str, impls: tuple[str, ...], batch_size: int,
@@ -105,13 +106,13 @@ def bench_rows(space: str | list[tuple[str, str]], mode: str, impls: tuple[str, 
                              channels=channels, cells=cells) for pair in pairs}
     times: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
     for _ in range(repeats):
-        for pair, (step, _) in setups.items():
+        for pair, (step, _, _) in setups.items():
             t0 = time.perf_counter()
             step()
             times[pair].append(time.perf_counter() - t0)
     names = {"reference": "reference", "fused": "optimized", "generic": "generic"}
     return [{"space": sp, "mode": mode, "impl": names.get(impl, impl.removeprefix("method:")),
-             "layout": "NHWC" if impl == "fused" else "NCHW", "median_s": statistics.median(times[(sp, impl)]),
+             "layout": setups[(sp, impl)][2], "median_s": statistics.median(times[(sp, impl)]),
              "peak_mem_mb": setups[(sp, impl)][1] / 2**20} for sp, impl in pairs]
 
 

@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--space", help="a registered space (default: every one) or pkg.mod:build of a user model")
     b.add_argument("--modes", help="registered strategies, comma-separated (default single,bilevel1,bilevel2, "
                    "none with --methods)")
-    b.add_argument("--methods", help="method presets to time against the first named, e.g. darts,gdas,pcdarts")
+    b.add_argument("--methods", "--method", help="method presets to time against the first named, e.g. "
+                   "darts,gdas,pcdarts")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--device", default="cpu")
     b.add_argument("--repeats", type=int, default=3)
