@@ -10,7 +10,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from sldarts.errors import SldartsError
 
@@ -60,34 +59,11 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_dataset(run_dir: str | None) -> str | None:
-    """The data set a run directory searched on, when it is one whose shape is known."""
-    import yaml
-
-    from sldarts.data import DATASETS
-
-    cfg_file = Path(run_dir) / "config.yaml" if run_dir else None
-    if cfg_file is None or not cfg_file.exists():
-        return None
-    ds = (yaml.safe_load(cfg_file.read_text()) or {}).get("dataset")
-    return ds if ds in DATASETS and DATASETS[ds].num_classes else None
-
-
 def _complexity(args: argparse.Namespace) -> int:
-    from sldarts.cells import resolve_cell
-    from sldarts.evaluate.complexity import complexity
+    from sldarts.evaluate.complexity import complexity_of
 
-    space, arch = resolve_cell(args.run_dir, args.genotype, args.arch, args.space)
-    searched = _run_dataset(args.run_dir)
-    dataset = args.dataset or space.complexity_dataset(searched or "cifar10") or searched
-    if dataset is None and args.run_dir:  # a user model on user data: counted at the searched shape
-        recorded = json.loads((Path(args.run_dir) / "result.json").read_text()).get("complexity") \
-            if (Path(args.run_dir) / "result.json").exists() else None
-        if recorded is None:
-            raise SldartsError(f"{args.run_dir} has no recorded complexity; pass --dataset NAME")
-        print(json.dumps(recorded))
-        return 0
-    print(json.dumps(complexity(space, arch, dataset or "cifar10", args.channels, args.layers)))
+    print(json.dumps(complexity_of(args.run_dir, args.genotype, args.arch, args.space, args.dataset, args.channels,
+                                   args.layers)))
     return 0
 
 
@@ -101,6 +77,8 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _lookup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from sldarts.cells import resolve_cell
     from sldarts.lookup import open_benchmark, table3
 

@@ -15,7 +15,7 @@ import torch
 
 from sldarts.cells import derive, resolve_cell
 from sldarts.config import SearchConfig, load_config
-from sldarts.data import DATASETS, Cycle, SearchData, build_search_data
+from sldarts.data import Cycle, SearchData, build_search_data
 from sldarts.decided import margins, note, stability
 from sldarts.errors import SldartsError
 from sldarts.lookup import ENV, open_benchmark
@@ -248,7 +248,7 @@ def closing_lines(cfg: SearchConfig, space: SearchSpace, result: dict[str, Any],
     if space.benchmark:
         nxt.append(f"sldarts lookup {out} --benchmark FILE")
     nxt += [f"sldarts retrain {out} epochs=... data_root=...", "your own model and data: docs/custom.md"]
-    if DATASETS.get(cfg.dataset) is DATASETS["digits"]:
+    if cfg.dataset == "digits":
         nxt.insert(1, "sldarts search dataset=cifar10 data_root=DIR")
     lines.append("next: " + " | ".join(nxt))
     return lines

@@ -8,9 +8,12 @@ convention; this counter gives 530M for DARTS_V2, the number other re-implementa
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -60,3 +63,32 @@ def complexity(space: SearchSpace | str, arch: Any, dataset: str, channels: int 
     model = space.eval_network(space.parse(arch), spec.num_classes, spec.in_channels, dataset=dataset,
                                channels=channels, cells=layers)
     return summary(model, (spec.in_channels, spec.side, spec.side))
+
+
+def _searched_dataset(run_dir: str | Path | None) -> str | None:
+    """The data set a run directory searched on, when it is one whose shape is known."""
+    saved = Path(run_dir) / "config.yaml" if run_dir else None
+    if saved is None or not saved.exists():
+        return None
+    ds = (yaml.safe_load(saved.read_text()) or {}).get("dataset")
+    return ds if ds in DATASETS and DATASETS[ds].num_classes else None
+
+
+def complexity_of(run_dir: str | Path | None = None, genotype: str | None = None, arch: str | None = None,
+                  space: str | None = None, dataset: str | None = None, channels: int | None = None,
+                  layers: int | None = None) -> dict[str, Any]:
+    """``sldarts complexity``: a run's derived architecture (or a genotype / arch string) counted on
+    ``dataset``, by default the space's published setting for the searched data set; a user model on user
+    data is counted at the searched shape, as recorded at the end of its search."""
+    from sldarts.cells import resolve_cell
+
+    obj, cell = resolve_cell(run_dir, genotype, arch, space)
+    searched = _searched_dataset(run_dir)
+    dataset = dataset or obj.complexity_dataset(searched or "cifar10") or searched
+    if dataset is None and run_dir:
+        result = Path(run_dir) / "result.json"
+        recorded = json.loads(result.read_text()).get("complexity") if result.exists() else None
+        if recorded is None:
+            raise SldartsError(f"{run_dir} has no recorded complexity; pass --dataset NAME")
+        return recorded
+    return complexity(obj, cell, dataset or "cifar10", channels, layers)
