@@ -159,7 +159,7 @@ class SearchRun(EpochRun):
         if "analysis_seconds" in row and row.get("seconds"):
             a = row["analysis_seconds"]
             extra = f" (analysis {a:.1f}s of it, +{a / max(row['seconds'] - a, 1e-9):.0%})"
-        margin = f" min-margin {row['min_margin']:.4f}" if row.get("min_margin") is not None else ""
+        margin = f" min-margin {row['min_margin']:.2g}" if row.get("min_margin") is not None else ""
         return (f"valid {row['valid_acc']:.2%} param-free {row['param_free_ratio']:.2f}{margin} "
                 f"{key} {json.dumps(row[key])}{extra}")
 
@@ -236,7 +236,7 @@ def closing_lines(cfg: SearchConfig, space: SearchSpace, result: dict[str, Any],
              f"parameter-free share {result['param_free_ratio']:.2f} (skip, pooling, none among the chosen ops; "
              f"the paper's threshold {cfg.param_free_threshold})"]
     if result.get("min_margin") is not None:
-        lines.append(f"smallest margin {result['min_margin']:.4f} (winner's weight minus runner-up's); stable since "
+        lines.append(f"smallest margin {result['min_margin']:.2g} (winner's weight minus runner-up's); stable since "
                      f"epoch {result.get('stable_since_epoch')}")
     if result.get("note"):
         lines.append("note: " + result["note"])
