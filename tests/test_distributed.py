@@ -53,3 +53,15 @@ def test_stopped_two_process_search_resumes_in_one_process(tmp_path):
     assert res["epochs"] == 2
     rows = [json.loads(line)["epoch"] for line in open(out / "metrics.jsonl")]
     assert rows == [0, 1, 2]
+
+
+def test_sampling_method_under_torchrun_keeps_ranks_identical(tmp_path):
+    # GDAS computes one sampled op per edge: every rank draws the same sample (same seed, same RNG use),
+    # and DDP is told that the unsampled ops' weights go unused in a step
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    r = torchrun(["search", str(dump), *COMMON, "epochs=1", "method=gdas", f"out={tmp_path / 'run'}"], 29523)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (torch.load(dump / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.load(open(tmp_path / "run" / "result.json"))["config"]["impl"] == "reference"

@@ -186,7 +186,9 @@ def test_rsps_samples_uniformly_and_derives_the_best_scored():
 @pytest.mark.parametrize("space,cells", [("nb201", 1), ("darts", 3)])
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_preset_runs_on_both_spaces(tmp_path, method, space, cells):
-    res = sldarts.search(method=method, space=space, cells=cells, out=str(tmp_path / "r"), **TINY)
+    # the tiny run: epochs=1 train_samples=256 channels=4, cells=1 (NB201) or 3 (DARTS)
+    res = sldarts.search(method=method, space=space, cells=cells, out=str(tmp_path / "r"),
+                         **{**TINY, "train_samples": 256, "batch_size": 64})
     cfg = res["config"]
     for k, v in METHODS[method].items():
         assert cfg[k] == v  # written expanded into config.yaml
