@@ -11,7 +11,7 @@ import torch
 import userspace
 from PIL import Image
 from test_distributed import torchrun
-from test_reliability import final_state, killed_once_and_resumed
+from test_reliability import final_state, killed_and_resumed
 
 import sldarts
 from sldarts.cli import main
@@ -142,7 +142,7 @@ def test_own_search_space_class_by_import_path_and_entry_point(tmp_path, capsys,
 def test_sigkill_and_resume_of_a_user_model_is_bit_identical(tmp_path):
     args = ["search", SPACE, DATA, "epochs=3", "train_samples=192", "batch_size=32", "eval_samples=32",
             "deterministic=true", "threads=1", "progress=lines", "log_every=1", "workers=0", "optim=bilevel"]
-    full, part = killed_once_and_resumed(args, tmp_path)
+    full, part = killed_and_resumed(args, tmp_path)
     assert full["choices"] == part["choices"]
     assert any(k.startswith("arch.") for k in final_state(tmp_path / "part"))
 

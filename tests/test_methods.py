@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import userspace
-from test_reliability import killed_once_and_resumed
+from test_reliability import killed_and_resumed
 
 import sldarts
 from sldarts.activations import Dirichlet, Gumbel
@@ -237,5 +237,5 @@ def test_methods_on_a_user_model(tmp_path, method):
 def test_every_preset_resumes_exactly_after_kill_9(tmp_path, method):
     args = ["search", f"method={method}", "epochs=2", "train_samples=96", "channels=4", "cells=1", "batch_size=32",
             "eval_samples=32", "deterministic=true", "threads=1", "progress=lines", "log_every=1", "rsps_samples=4"]
-    full, part = killed_once_and_resumed(args, tmp_path)
+    full, part = killed_and_resumed(args, tmp_path)
     assert full["arch"] == part["arch"]

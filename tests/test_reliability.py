@@ -51,17 +51,19 @@ def wait_for_epoch(run: Path, epoch: int, proc, timeout=120) -> None:
     raise AssertionError("timed out")
 
 
-def killed_once_and_resumed(args: list[str], tmp_path: Path) -> tuple[dict, dict]:
-    """Run ``args`` to the end, and again killed with kill -9 after its first epoch and resumed: both final
-    states, which must be bit-identical."""
+def killed_and_resumed(args: list[str], tmp_path: Path, kills: int = 1) -> tuple[dict, dict]:
+    """Run ``args`` to the end, and again killed with kill -9 ``kills`` times (after epoch 1, then after
+    epoch 2 of the resumed run, at a varying moment) and resumed to the end: the two results, after checking
+    that the final states are bit-identical."""
     full, part = tmp_path / "full", tmp_path / "part"
     p = cli([*args, f"out={full}"])
     assert p.wait(300) == 0, p.stderr.read()
-    p = cli([*args, f"out={part}"])
-    wait_for_epoch(part, 1, p)
-    time.sleep(0.02 * (1 + os.getpid() % 5))
-    p.send_signal(signal.SIGKILL)
-    p.wait(30)
+    for k in range(kills):
+        p = cli([*args, f"out={part}"] + (["resume=true"] if k else []))
+        wait_for_epoch(part, k + 1, p)
+        time.sleep(0.02 * (1 + os.getpid() % 5))
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
     p = cli([*args, f"out={part}", "resume=true"])
     assert p.wait(300) == 0, p.stderr.read()
     a, b = final_state(full), final_state(part)
@@ -83,26 +85,10 @@ def test_sigkill_and_resume_twice_is_bit_identical(tmp_path, kind, extra):
                 "deterministic=true", "threads=1", "progress=lines", "log_every=1"]
     else:
         args = ["search", *RUN, *extra]
-    full, part = tmp_path / "full", tmp_path / "part"
-    p = cli([*args, f"out={full}"])
-    assert p.wait(300) == 0, p.stderr.read()
-    # kill -9 twice at a random moment after a checkpoint exists, then resume to the end
-    for kill_after_epoch in (0, 1):
-        p = cli([*args, f"out={part}"] + (["resume=true"] if kill_after_epoch else []))
-        wait_for_epoch(part, kill_after_epoch + 1 if kill_after_epoch == 0 else 2, p)
-        time.sleep(0.05 * (1 + os.getpid() % 5))
-        p.send_signal(signal.SIGKILL)
-        p.wait(30)
-    p = cli([*args, f"out={part}", "resume=true"])
-    assert p.wait(300) == 0, p.stderr.read()
-    a, b = final_state(full), final_state(part)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    ra, rb = (json.load(open(d / "result.json")) for d in (full, part))
+    ra, rb = killed_and_resumed(args, tmp_path, kills=2)  # kill -9 twice, then resume to the end
     key = "arch" if "arch" in ra else "genotype"
     assert ra[key] == rb[key]
-    assert [json.loads(x)["epoch"] for x in open(part / "metrics.jsonl")] == [0, 1, 2, 3]
+    assert [json.loads(x)["epoch"] for x in open(tmp_path / "part" / "metrics.jsonl")] == [0, 1, 2, 3]
 
 
 def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path):
