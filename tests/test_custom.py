@@ -10,7 +10,7 @@ import pytest
 import torch
 import userspace
 from PIL import Image
-from test_distributed import torchrun
+from test_distributed import two_rank_search
 from test_reliability import final_state, killed_and_resumed
 
 import sldarts
@@ -150,12 +150,7 @@ def test_sigkill_and_resume_of_a_user_model_is_bit_identical(tmp_path):
 def test_one_and_two_process_searches_of_a_user_model_agree_on_alpha(tmp_path):
     common = [SPACE, DATA, "epochs=2", "train_samples=128", "batch_size=32", "eval_samples=64", "progress=none",
               "device=cpu", "threads=1", "workers=0"]
-    dump = tmp_path / "dump"
-    dump.mkdir()
-    r = torchrun(["search", str(dump), *common, f"out={tmp_path / 'two'}"], 29531)
-    assert r.returncode == 0, r.stderr[-3000:]
-    a, b = (torch.load(dump / f"rank{i}.pt", weights_only=True) for i in (0, 1))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, _ = two_rank_search(tmp_path, 29531, *common)
     one = subprocess.run([sys.executable, "-m", "sldarts", "search", *common, f"out={tmp_path / 'one'}"],
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert one.returncode == 0, one.stderr

@@ -23,15 +23,22 @@ def torchrun(args, port, env_extra=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
-def test_two_process_search_keeps_alpha_and_weights_identical(tmp_path):
+def two_rank_search(tmp_path, port: int, *args: str) -> tuple[dict, dict]:
+    """A 2-process search into tmp_path/run; each rank's final state, checked identical."""
     dump = tmp_path / "dump"
     dump.mkdir()
-    r = torchrun(["search", str(dump), *COMMON, "epochs=2", "optim=single", f"out={tmp_path / 'run'}"], 29521)
+    r = torchrun(["search", str(dump), *args, f"out={tmp_path / 'run'}"], port)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = (torch.load(dump / f"rank{i}.pt", weights_only=True) for i in (0, 1))
-    assert a.keys() == b.keys() and "arch.cell" in a
+    assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    return a, b
+
+
+def test_two_process_search_keeps_alpha_and_weights_identical(tmp_path):
+    a, _ = two_rank_search(tmp_path, 29521, *COMMON, "epochs=2", "optim=single")
+    assert "arch.cell" in a
     res = json.load(open(tmp_path / "run" / "result.json"))
     assert res["config"]["batch_size"] == 32  # the global batch, split 16 + 16 over the ranks
     # α moved away from its initial value: the all-reduce carried its gradient
@@ -58,10 +65,5 @@ def test_stopped_two_process_search_resumes_in_one_process(tmp_path):
 def test_sampling_method_under_torchrun_keeps_ranks_identical(tmp_path):
     # GDAS computes one sampled op per edge: every rank draws the same sample (same seed, same RNG use),
     # and DDP is told that the unsampled ops' weights go unused in a step
-    dump = tmp_path / "dump"
-    dump.mkdir()
-    r = torchrun(["search", str(dump), *COMMON, "epochs=1", "method=gdas", f"out={tmp_path / 'run'}"], 29523)
-    assert r.returncode == 0, r.stderr[-3000:]
-    a, b = (torch.load(dump / f"rank{i}.pt", weights_only=True) for i in (0, 1))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    two_rank_search(tmp_path, 29523, *COMMON, "epochs=1", "method=gdas")
     assert json.load(open(tmp_path / "run" / "result.json"))["config"]["impl"] == "reference"

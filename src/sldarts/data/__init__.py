@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,9 +76,9 @@ class SearchData:
     eval: Loader  # supernet validation accuracy
     note: str = ""  # said once at the start (e.g. what valid_acc is measured on)
 
-    @property
+    @cached_property
     def sample_shape(self) -> tuple[int, ...]:
-        """One input's shape (C, H, W), batch excluded."""
+        """One input's shape (C, H, W), batch excluded (one batch read, once)."""
         x, _ = next(iter(self.eval.epoch(0)))
         return tuple(x.shape[1:])
 
