@@ -192,6 +192,12 @@ class SearchConfig(RunOptions):
     aux_skip: bool = False  # DARTS-: auxiliary skip connection on every edge, coefficient 1 -> 0
     rsps_samples: int = field(default=100, metadata=_range(1))  # RSPS: architectures scored at the end
     rsps_batches: int = field(default=1, metadata=_range(1))  # RSPS: validation batches each is scored on
+    beta_weight: float = field(default=0.0, metadata={**_range(0), "help": "β-DARTS: final weight of the "
+                               "beta-decay loss mean(logsumexp α), growing linearly from 0 over the epochs"})
+    sdarts_epsilon: float = field(default=0.0, metadata={**_range(0, 1), "help": "SDARTS-RS: final bound of "
+                                  "the uniform noise on the weight step's op weights (0.03 -> it, linearly)"})
+    parts: str = field(default="", metadata={"help": "more method parts, comma-separated: registered names or "
+                       "import paths (pkg.mod:Part, file.py:Part); their options are keys too (docs/custom.md)"})
     margin_threshold: float = field(default=0.01, metadata=_range(0))  # below it a choice is "undecided"
     analysis: bool = False  # record gradient correlation, dL/dp and weights to analysis.jsonl
     analysis_every: int = field(default=10, metadata=_range(1))
@@ -205,16 +211,12 @@ class SearchConfig(RunOptions):
         self.validate()
         if self.lr is None:  # the space's default (the paper: 0.005 on NB201, 0.025 on DARTS)
             self.lr = self.search_space().default_lr if not self.space.startswith("<") else 0.025
-        if self.impl == "fused" and self.needs_reference:  # recorded in config.yaml as the one that runs
-            self.impl = "reference"
+        # set by sldarts.methods.resolve when a search starts: options of parts the run does not use,
+        # left out of config.yaml (it records what ran); resolve also sets impl to the cells that compute it
+        self._unused_keys: frozenset[str] = frozenset()
 
-    @property
-    def needs_reference(self) -> bool:
-        """Method parts the fused cells do not compute: they run on the reference (per-edge) cells."""
-        from sldarts.activations import ACTIVATIONS
-
-        return (self.partial_channels > 1 or self.edge_norm or self.aux_skip or self.optim == "rsps"
-                or ACTIVATIONS.get(self.activation).sparse)
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_dict().items() if k not in self._unused_keys}
 
     # -- derived values ---------------------------------------------------------------------
     def search_space(self):
@@ -263,6 +265,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "fairdarts": dict(optim="bilevel", order=1, activation="sigmoid", zero_one_weight=10.0),  # Chu et al., ECCV 2020
     "darts-minus": dict(optim="bilevel", order=1, activation="softmax", aux_skip=True),  # Chu et al., ICLR 2021
     "rsps": dict(optim="rsps"),  # Li & Talwalkar, UAI 2019
+    "betadarts": dict(optim="bilevel", order=1, activation="softmax", beta_weight=50.0),  # Ye et al., CVPR 2022
+    "sdarts": dict(optim="bilevel", order=1, activation="softmax", sdarts_epsilon=0.3),  # Chen & Hsieh, ICML 2020
 }
 
 

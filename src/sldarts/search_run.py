@@ -19,6 +19,7 @@ from sldarts.data import Cycle, SearchData, build_search_data
 from sldarts.decided import margins, note, stability
 from sldarts.errors import SldartsError
 from sldarts.lookup import ENV, open_benchmark
+from sldarts.methods import Method, resolve
 from sldarts.run import EpochRun, accuracy, autocast_for
 from sldarts.rundir import read_metrics
 from sldarts.spaces import SearchSpace, Supernet
@@ -36,6 +37,7 @@ class SearchRun(EpochRun):
         """``model``: a user network with sldarts.nn choices (else ``cfg.space`` builds the supernet);
         ``train_data``/``valid_data``: map-style datasets (else ``cfg.dataset`` names the data)."""
         self._user_model, self._train_data, self._valid_data = model, train_data, valid_data
+        self.method: Method = resolve(cfg)  # before the run directory: config.yaml records what runs
         super().__init__(cfg)
 
     def default_dir(self) -> Path:
@@ -54,7 +56,7 @@ class SearchRun(EpochRun):
             self.space: SearchSpace = ModelSpace(lambda num_classes, in_channels: model, cfg.space)
         else:
             self.space = cfg.search_space()
-        self.model: Supernet = self.space.supernet(cfg, info.num_classes, info.in_channels)
+        self.model: Supernet = self.method.apply(self.space.supernet(cfg, info.num_classes, info.in_channels))
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -67,11 +69,11 @@ class SearchRun(EpochRun):
             # sampling methods (GDAS, RSPS) leave the unchosen ops' weights unused in a step
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=cfg.needs_reference and (cfg.optim == "rsps" or self.model.activation.sparse))
+                find_unused_parameters=self.method.sparse)
         self.w_opt, self.a_opt = make_optimizers(self.model, cfg)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=min(cfg.lr_min, cfg.lr))
         self.strategy = make_strategy(cfg, self.model, self.net, self.w_opt, self.a_opt,
-                                      autocast_for(cfg.amp, self.device))
+                                      autocast_for(cfg.amp, self.device), method=self.method)
         self._arch_batch = None
         self.probe = None
         if cfg.analysis and self.dist.main:
@@ -101,7 +103,7 @@ class SearchRun(EpochRun):
             self.probe.truncate(self.epoch * len(self.train_loader) + self.step_in_epoch)
 
     def begin_epoch(self, global_step: int) -> None:
-        self.model.set_progress(self.epoch, self.cfg.epochs)  # GDAS's temperature, DARTS-'s skip coefficient
+        self.method.on_epoch(self.epoch, self.cfg.epochs)  # GDAS's temperature, DARTS-'s skip coefficient, ...
         # α batches are positioned by the global step, so a resumed run draws the same ones.
         self._arch_batch = Cycle(self.data.arch, global_step).__next__ if self.data.arch is not None else None
         self._gstep = global_step

@@ -1,7 +1,8 @@
 """Optimisation strategies: how one training step updates w and α.
 
 A strategy sees only ``model.weights()``, ``model.alphas()``, the two optimisers, a loss and batches;
-it knows nothing of a space's internals. ``net`` is the model as called (possibly DDP-wrapped).
+it knows nothing of a space's internals. ``net`` is the model as called (possibly DDP-wrapped). The
+method (:mod:`sldarts.methods`) adds its loss terms on α and, for SDARTS, the weight step's op weights.
 
 - :class:`SingleLevel` (the paper): one batch, one forward, one backward, then both optimisers step.
 - :class:`FirstOrder` (DARTS 1st order): α step on an α-batch, then a w step on the training batch.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -23,6 +25,9 @@ from sldarts.errors import SldartsError
 from sldarts.registry import Registry
 from sldarts.run import StepOutput, all_finite, skipped_step
 from sldarts.spaces.base import Supernet
+
+if TYPE_CHECKING:
+    from sldarts.methods import Method
 
 Batch = tuple[Tensor, Tensor]
 
@@ -37,10 +42,10 @@ class Strategy:
     def __init__(self, model: Supernet, net: nn.Module, w_opt: torch.optim.Optimizer,
                  a_opt: torch.optim.Optimizer, *, grad_clip: float = 5.0,
                  autocast: Callable[[], AbstractContextManager] = nullcontext, skip_nonfinite: bool = False,
-                 zero_one_weight: float = 0.0) -> None:
+                 method: Method | None = None) -> None:
         self.model, self.net = model, net
         self.skip_nonfinite = skip_nonfinite
-        self.zero_one_weight = zero_one_weight
+        self.method = method
         self.w_opt, self.a_opt = w_opt, a_opt
         self.grad_clip = grad_clip
         self.autocast = autocast
@@ -52,20 +57,17 @@ class Strategy:
         return {}
 
     def arch_regularizer(self) -> Tensor | None:
-        """Terms added to the loss that updates α: the activation's (DrNAS's KL) and FairDARTS's zero-one
-        loss, −w·mean((σ(α) − 0.5)²) over every α entry, which pushes each σ(α) towards 0 or 1."""
-        terms = [t for t in (self.model.regularizer(), self._zero_one()) if t is not None]
-        return sum(terms[1:], terms[0]) if terms else None
+        """The method's loss terms on α (DrNAS's KL, FairDARTS's zero-one loss, β-DARTS's ...), or None."""
+        return self.method.loss(self.model) if self.method is not None else None
 
-    def _zero_one(self) -> Tensor | None:
-        if self.zero_one_weight <= 0:
-            return None
-        s = torch.cat([torch.sigmoid(a).reshape(-1) for a in self.model.arch.values()])
-        return -self.zero_one_weight * ((s - 0.5) ** 2).mean()
+    def smoothed(self) -> dict[str, Tensor] | None:
+        """Op weights the weight step uses instead of the activated α (SDARTS's random smoothing), or None."""
+        return self.method.weight_step_weights(self.model) if self.method is not None else None
 
-    def loss(self, x: Tensor, y: Tensor, net: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+    def loss(self, x: Tensor, y: Tensor, net: nn.Module | None = None,
+             weights: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         with self.autocast():
-            logits = (net or self.net)(x)
+            logits = (net or self.net)(x) if weights is None else (net or self.net)(x, weights=weights)
         return self.loss_fn(logits.float(), y), logits
 
     def _bad(self, loss: Tensor, params) -> bool:
@@ -98,9 +100,20 @@ class SingleLevel(Strategy):
     def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
         self.w_opt.zero_grad(set_to_none=True)
         self.a_opt.zero_grad(set_to_none=True)
-        loss, logits = self.loss(x, y)
-        reg = self.arch_regularizer()  # depends on α alone: w's gradient is the loss's
-        (loss if reg is None else loss + reg).backward()
+        smooth = self.smoothed()
+        if smooth is not None:  # α's gradient from the clean weights, w's from the perturbed ones
+            loss_a, _ = self.loss(x, y, net=self.model)
+            reg = self.arch_regularizer()
+            grads = list(torch.autograd.grad(loss_a if reg is None else loss_a + reg, self.model.alphas()))
+            _all_reduce_mean(grads)
+            loss, logits = self.loss(x, y, weights=smooth)
+            loss.backward()
+            for a, g in zip(self.model.alphas(), grads, strict=True):
+                a.grad = g
+        else:
+            loss, logits = self.loss(x, y)
+            reg = self.arch_regularizer()  # depends on α alone: w's gradient is the loss's
+            (loss if reg is None else loss + reg).backward()
         if self._bad(loss, self.model.parameters()):
             return skipped_step(x.device)
         self._w_step()
@@ -148,7 +161,7 @@ class FirstOrder(Strategy):
             return skipped_step(x.device)
         self._arch_step(arch_grads)
         self.w_opt.zero_grad(set_to_none=True)
-        loss, logits = self.loss(x, y)
+        loss, logits = self.loss(x, y, weights=self.smoothed())
         loss.backward()
         self.a_opt.zero_grad(set_to_none=True)  # the w-step's α gradient is not used
         if self._bad(loss, self.model.weights()):
@@ -311,8 +324,9 @@ def strategy_class(optim: str, order: int) -> type[Strategy]:
     raise SldartsError(f"no strategy for optim={optim} order={order}")
 
 
-def make_strategy(cfg, model: Supernet, net: nn.Module, w_opt, a_opt, autocast=nullcontext) -> Strategy:
+def make_strategy(cfg, model: Supernet, net: nn.Module, w_opt, a_opt, autocast=nullcontext,
+                  method: Method | None = None) -> Strategy:
     kw: dict = dict(grad_clip=cfg.grad_clip, autocast=autocast, skip_nonfinite=cfg.nan_policy == "skip",
-                    zero_one_weight=cfg.zero_one_weight)
+                    method=method)
     cls = strategy_class(cfg.optim, cfg.order)
     return cls(model, net, w_opt, a_opt, **kw, **cls.options(cfg))

@@ -1,0 +1,42 @@
+"""RSPS (Li & Talwalkar, "Random search and reproducibility for NAS", UAI 2019): random search with weight
+sharing. Every step trains one uniformly drawn architecture (the strategy ``optim=rsps``); at the end the
+best of ``rsps_samples`` drawn architectures is selected instead of deriving from α."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sldarts.methods import Part, refuse, register
+from sldarts.spaces.base import Supernet
+
+
+@dataclass
+class RspsOptions:
+    rsps_samples: int = field(default=100, metadata={"range": (1, None, False),
+                                                     "help": "RSPS: architectures scored at the end"})
+    rsps_batches: int = field(default=1, metadata={"range": (1, None, False),
+                                                   "help": "RSPS: validation batches each is scored on"})
+
+
+@register
+class RandomSampling(Part):
+    name = "rsps"
+    title = "uniform architecture sampling (RSPS)"
+    Options = RspsOptions
+    fused_ok = False
+    sparse = True
+    needs_arch_batch = False
+    order = 5
+
+    @classmethod
+    def enabled(cls, cfg: Any) -> bool:
+        return getattr(cfg, "optim", "") == "rsps"
+
+    on = "optim"  # switched on by optim=rsps (see enabled)
+
+    def adapt(self, model: Supernet) -> None:
+        if type(model).sample_weights is Supernet.sample_weights:
+            raise refuse(self.title, f"the {type(model).__name__} supernet cannot draw an architecture uniformly "
+                         "(no sample_weights()); use another optim")
+        model.set_sparse(True)
