@@ -1,6 +1,7 @@
 """Every method part on every kind of supernet: applied with an effect a test observes, or refused in one line
 before the first step (the refused ones are listed in docs/methods.md). Tiny models, one forward each."""
 
+import copy
 import re
 
 import pytest
@@ -169,3 +170,133 @@ def test_config_yaml_records_only_what_ran():
     with pytest.raises(SldartsError, match="method=pcdarts is made of partial channels"):
         resolve(load_config(None, {"method": "pcdarts", "partial_channels": 1}))
     assert sampler_for("softmax") is PARTS.get("softmax")
+
+
+def test_a_users_part_runs_on_nb201_and_on_a_choice_model_with_its_own_checked_option(tmp_path, capsys):
+    import userparts
+
+    from sldarts.cli import main
+
+    tiny = ["epochs=1", "train_samples=32", "batch_size=16", "eval_samples=16", "progress=none", "workers=0"]
+    userparts.L2.last = None
+    assert main(["search", "parts=userparts:L2", "l2_weight=0.5", "l2_reduce=mean", "channels=4", "cells=1",
+                 f"out={tmp_path / 'nb'}", *tiny]) == 0
+    assert userparts.L2.last is not None and userparts.L2.last > 0  # its loss term was computed
+    saved = (tmp_path / "nb" / "config.yaml").read_text()
+    assert "parts: userparts:L2" in saved and "l2_reduce: mean" in saved
+    assert main(["search", "parts=userparts:L2", "l2_reduce=meen", f"out={tmp_path / 'x'}", *tiny]) == 2
+    assert "l2_reduce='meen' is not one of sum, mean (did you mean 'mean'?)" in capsys.readouterr().err
+    userparts.L2.last = None
+    train, valid = userspace.digits()
+    res = sldarts.search(model=userspace.build(10, 1), train_data=train, valid_data=valid, parts="userparts:L2",
+                         l2_weight=0.1, out=str(tmp_path / "choice"), epochs=1, train_samples=32, batch_size=16,
+                         eval_samples=16, progress="none", workers=0)
+    assert userparts.L2.last is not None and res["config"]["part_options"] == {"l2_weight": 0.1}
+
+
+def test_beta_decay_loss_and_gradient_match_the_closed_form():
+    from sldarts.methods.betadarts import BetaDecay
+
+    model, _ = supernet("darts")
+    part = BetaDecay(BetaDecay.Options(beta_weight=50.0))
+    Method("betadarts", "bilevel", 1, [SoftmaxSampler(), part]).apply(model)
+    part.on_epoch(0, 100)
+    assert part.loss(model) is None  # λ grows linearly from 0: 50 · epoch / epochs
+    part.on_epoch(30, 100)
+    assert part.lam == pytest.approx(15.0)
+    loss = part.loss(model)
+    alphas = list(model.arch.values())
+    rows = sum(a.shape[0] for a in alphas)
+    grads = torch.autograd.grad(loss, alphas)
+    for a, g in zip(alphas, grads, strict=True):  # d/dα of λ·mean_r logsumexp(α_r) = λ/R · softmax(α_r)
+        assert torch.allclose(g, 15.0 / rows * torch.softmax(a.detach(), -1), atol=1e-7)
+    with torch.no_grad():  # and a finite difference along a random direction
+        d = [torch.randn_like(a) for a in alphas]
+        h = 1e-3
+        for a, v in zip(alphas, d, strict=True):
+            a.add_(h * v)
+        up = part.loss(model)
+        for a, v in zip(alphas, d, strict=True):
+            a.sub_(2 * h * v)
+        down = part.loss(model)
+        for a, v in zip(alphas, d, strict=True):
+            a.add_(h * v)
+    directional = sum((g * v).sum() for g, v in zip(grads, d, strict=True))
+    assert ((up - down) / (2 * h)).item() == pytest.approx(directional.item(), rel=1e-2)
+
+
+def _smoothing(kind: str, sampler=SoftmaxSampler):
+    from sldarts.methods.sdarts import RandomSmoothing
+
+    model, x = supernet(kind)
+    part = RandomSmoothing(RandomSmoothing.Options(sdarts_epsilon=0.3))
+    method = Method("sdarts", "bilevel", 1, [sampler(), part])
+    method.apply(model)
+    return model, x, part, method
+
+
+def test_random_smoothing_perturbation_bound_and_schedule():
+    from sldarts.methods.samplers import SigmoidSampler
+
+    model, _, part, _ = _smoothing("nb201", SigmoidSampler)
+    part.on_epoch(0, 10)
+    assert part.eps == pytest.approx(0.03)
+    part.on_epoch(5, 10)
+    assert part.eps == pytest.approx(0.03 + 0.27 * 0.5)  # SDARTS: 0.03 + (ε − 0.03) · epoch / epochs
+    clean = model._activated()["cell"]
+    for _ in range(20):  # sigmoid: each weight moves by at most ε and stays in [0, 1]
+        w = part.weight_step_weights(model)["cell"]
+        assert (w - clean).abs().max() <= part.eps + 1e-6 and w.min() >= 0 and w.max() <= 1
+    soft, _, spart, _ = _smoothing("nb201")
+    spart.on_epoch(9, 10)
+    w = spart.weight_step_weights(soft)["cell"]  # softmax: clipped to [0, 1], each edge renormalised to 1
+    assert torch.allclose(w.sum(-1), torch.ones(6)) and w.min() >= 0
+    row = spart.perturb(torch.full((1, 5), -1.0))  # clipped to all zeros: the largest noisy entry is 1
+    assert sorted(row[0].tolist()) == [0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("optim", ["bilevel", "single"])
+def test_random_smoothing_never_perturbs_alpha_in_its_own_update(optim):
+    from sldarts.config import SearchConfig
+    from sldarts.strategies import FirstOrder, SingleLevel, make_optimizers
+
+    model, x, part, method = _smoothing("nb201")
+    part.on_epoch(9, 10)
+    y = torch.tensor([1, 2])
+    xa, ya = x.flip(0), y.flip(0)
+    cfg = SearchConfig(lr=0.1, momentum=0.0, weight_decay=0.0, arch_optimizer="sgd", arch_lr=1.0, arch_momentum=0.0,
+                       arch_weight_decay=0.0)
+    w_opt, a_opt = make_optimizers(model, cfg)
+    cls = FirstOrder if optim == "bilevel" else SingleLevel
+    strat = cls(model, model, w_opt, a_opt, grad_clip=0.0, method=method)
+    bx, by = (xa, ya) if optim == "bilevel" else (x, y)
+    alpha = model.arch["cell"].detach().clone()
+    (g_clean,) = torch.autograd.grad(strat.loss(bx, by)[0], [model.arch["cell"]])  # at the unperturbed α
+    name, conv = next((n, p) for n, p in model.named_weights() if n.endswith("weight") and p.dim() == 4)
+    ref = copy.deepcopy(model)  # the state the weight step starts from
+    torch.manual_seed(5)
+    strat.step(x, y, lambda: (xa, ya))
+    assert torch.allclose(model.arch["cell"].detach(), alpha - g_clean, atol=1e-6)  # the clean gradient
+    if optim == "bilevel":  # the weight step follows the α step
+        with torch.no_grad():
+            ref.arch["cell"].copy_(model.arch["cell"])
+    torch.manual_seed(5)
+    noisy = part.weight_step_weights(ref)  # the noise the step drew
+    assert not torch.allclose(noisy["cell"], ref._activated()["cell"])
+    ref_conv = dict(ref.named_parameters())[name]
+    (g_w,) = torch.autograd.grad(strat.loss(x, y, net=ref, weights=noisy)[0], [ref_conv])
+    assert torch.allclose(conv.detach(), ref_conv.detach() - 0.1 * g_w, atol=1e-6)  # on the perturbed weights
+
+
+@pytest.mark.parametrize("args", [
+    ["method=sdarts", "optim=single", "space=darts", "cells=3"],
+    ["method=betadarts", "optim=single", "space=tests/userspace.py:build", "dataset=tests/userspace.py:digits"],
+])
+def test_new_presets_resume_exactly_after_kill_9_on_darts_and_a_choice_model(tmp_path, args):
+    from test_reliability import killed_and_resumed
+
+    base = ["search", "epochs=2", "train_samples=64", "channels=4", "batch_size=32", "eval_samples=32",
+            "deterministic=true", "threads=1", "progress=lines", "log_every=1", "workers=0", *args]
+    full, part = killed_and_resumed(base, tmp_path)
+    key = full["arch_key"]
+    assert full[key] == part[key]

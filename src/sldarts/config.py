@@ -198,6 +198,8 @@ class SearchConfig(RunOptions):
                                   "the uniform noise on the weight step's op weights (0.03 -> it, linearly)"})
     parts: str = field(default="", metadata={"help": "more method parts, comma-separated: registered names or "
                        "import paths (pkg.mod:Part, file.py:Part); their options are keys too (docs/custom.md)"})
+    part_options: dict = field(default_factory=dict, metadata={
+        "help": "options of the parts named in `parts` (given as plain keys; checked when the search starts)"})
     margin_threshold: float = field(default=0.01, metadata=_range(0))  # below it a choice is "undecided"
     analysis: bool = False  # record gradient correlation, dL/dp and weights to analysis.jsonl
     analysis_every: int = field(default=10, metadata=_range(1))
@@ -332,6 +334,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         elif kind is str:
             if isinstance(value, (str, int, float)) and not isinstance(value, bool):
                 return str(value)
+        elif kind is dict and isinstance(value, dict):
+            return value
     expected = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
     raise SldartsError(f"config: {name}={value!r} has the wrong type: expected {expected}")
 
@@ -377,7 +381,8 @@ def load_config(
 ) -> Any:
     """Defaults < base < YAML file < overrides; unknown keys get a 'did you mean'."""
     values: dict[str, Any] = dict(base or {})
-    defaults = {f.name: f.default for f in dataclasses.fields(schema)}
+    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+                for f in dataclasses.fields(schema)}
     explicit = {k for k, v in values.items() if defaults.get(k, object()) != v}
     if path is not None:
         values.update(read_yaml(path))
@@ -385,8 +390,11 @@ def load_config(
     values.update(overrides or {})
     explicit |= set(overrides or {})
     names = {f.name for f in dataclasses.fields(schema)}
-    for key in values:
-        if key not in names:
+    plugin = "part_options" in names and values.get("parts")  # a plug-in part's options: checked by its part
+    for key in list(values):
+        if key not in names and plugin:
+            values["part_options"] = {**(values.get("part_options") or {}), key: values.pop(key)}
+        elif key not in names:
             raise SldartsError(f"config: unknown key {key!r}{_suggest(key, names)}")
     if "method" in values:
         values = expand_method({**defaults, **values}, explicit)

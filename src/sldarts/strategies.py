@@ -104,11 +104,13 @@ class SingleLevel(Strategy):
         if smooth is not None:  # α's gradient from the clean weights, w's from the perturbed ones
             loss_a, _ = self.loss(x, y, net=self.model)
             reg = self.arch_regularizer()
-            grads = list(torch.autograd.grad(loss_a if reg is None else loss_a + reg, self.model.alphas()))
+            alphas = self.model.alphas()
+            grads = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, torch.autograd.grad(
+                loss_a if reg is None else loss_a + reg, alphas, allow_unused=True), strict=True)]
             _all_reduce_mean(grads)
             loss, logits = self.loss(x, y, weights=smooth)
             loss.backward()
-            for a, g in zip(self.model.alphas(), grads, strict=True):
+            for a, g in zip(alphas, grads, strict=True):
                 a.grad = g
         else:
             loss, logits = self.loss(x, y)
