@@ -14,8 +14,7 @@ import copy
 from torch import Tensor, nn
 
 from sldarts.errors import SldartsError
-from sldarts.spaces.mixing import Mixing
-from sldarts.spaces.ops import Zero
+from sldarts.mixing import Mixing, Zero
 
 __all__ = ["Choice", "InputChoice", "ChosenInputs", "Zero", "fix", "choices_of"]
 

@@ -23,8 +23,8 @@ from torch.func import functional_call
 
 from sldarts.errors import SldartsError
 from sldarts.registry import Registry
-from sldarts.run import StepOutput, all_finite, skipped_step
 from sldarts.spaces.base import Supernet
+from sldarts.steps import StepOutput, all_finite, skipped_step
 
 if TYPE_CHECKING:
     from sldarts.methods import Method

@@ -1,7 +1,7 @@
 """Methods made of parts: a one-shot method is a strategy plus a list of :class:`Part` objects.
 
 The space builds a plain supernet (its edges :class:`~sldarts.spaces.base.MixedOp`, a user model's
-:class:`~sldarts.nn.Choice`; both share one mixing core, :mod:`sldarts.spaces.mixing`) and knows nothing of
+:class:`~sldarts.nn.Choice`; both share one mixing core, :mod:`sldarts.mixing`) and knows nothing of
 methods. :func:`resolve` turns a config into a :class:`Method` once, when a search starts (before its run
 directory is written); :meth:`Method.apply` then adapts the supernet the space built. Every part either
 applies to that supernet or refuses it with a one-line :class:`SldartsError` naming the part and the reason,
@@ -59,9 +59,9 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from sldarts.errors import SldartsError
+from sldarts.mixing import Mixing
 from sldarts.registry import Registry, is_import_path, load_object, suggest
 from sldarts.spaces.base import Supernet
-from sldarts.spaces.mixing import Mixing
 
 
 def refuse(part: str, why: str) -> SldartsError:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from sldarts.methods import Part, mixing_edges, refuse, register
+from sldarts.mixing import Mixing
 from sldarts.spaces.base import Supernet
-from sldarts.spaces.mixing import Mixing
 
 
 @dataclass

@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from sldarts.activations import Activation
 from sldarts.errors import SldartsError
-from sldarts.spaces.mixing import Mixing
-from sldarts.spaces.mixing import channel_shuffle as channel_shuffle  # re-exported
+from sldarts.mixing import Mixing
+from sldarts.mixing import channel_shuffle as channel_shuffle  # re-exported
 from sldarts.spaces.ops import PARAM_FREE
 
 if TYPE_CHECKING:
