@@ -20,7 +20,8 @@ from sldarts.spaces.nb201 import NB201Supernet
 KINDS = ["nb201", "darts", "choice", "custom"]
 OPTIONS = {"partial": {"partial_channels": 2}, "edge_norm": {"edge_norm": True}, "aux_skip": {"aux_skip": True},
            "zero_one": {"zero_one_weight": 10.0}, "beta_decay": {"beta_weight": 50.0},
-           "smoothing": {"sdarts_epsilon": 0.3}, "rsps": {}, "gumbel": {}, "dirichlet": {}}
+           "smoothing": {"sdarts_epsilon": 0.3}, "rsps": {}, "gumbel": {}, "dirichlet": {},
+           "arch_warmup": {"arch_warmup": 2}}
 REFUSED = {("partial", "choice"): "partial channels (PC-DARTS): the candidates of Choice",
            ("edge_norm", "choice"): "edge normalisation (PC-DARTS): the ChoiceSupernet supernet does not say",
            ("edge_norm", "custom"): "edge normalisation (PC-DARTS): the ChainSupernet supernet does not say"}
@@ -118,6 +119,18 @@ def observe(name: str, model, method: Method, x) -> None:
         method.on_epoch(5, 10)
         rows = torch.cat([torch.log(torch.exp(p).sum(-1)).reshape(-1) for p in model.arch.values()])
         assert method.loss(model).item() == pytest.approx(25.0 * rows.mean().item(), rel=1e-5)
+    elif name == "arch_warmup":  # α holds still in the first 2 epochs: a single-level step moves w only
+        from sldarts.config import SearchConfig
+        from sldarts.strategies import SingleLevel, make_optimizers
+
+        w_opt, a_opt = make_optimizers(model, SearchConfig(arch_optimizer="sgd", arch_lr=1.0))
+        strat = SingleLevel(model, model, w_opt, a_opt, method=method)
+        y = torch.zeros(len(x), dtype=torch.long)
+        for epoch, moves in [(1, False), (2, True)]:
+            method.on_epoch(epoch, 10)
+            before = [a.detach().clone() for a in model.alphas()]
+            strat.step(x, y)
+            assert any(not torch.equal(a, b) for a, b in zip(model.alphas(), before, strict=True)) == moves
     elif name == "smoothing":
         method.on_epoch(0, 10)
         before = {k: v.clone() for k, v in model.arch.items()}

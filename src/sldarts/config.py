@@ -196,6 +196,8 @@ class SearchConfig(RunOptions):
                                "beta-decay loss mean(logsumexp α), growing linearly from 0 over the epochs"})
     sdarts_epsilon: float = field(default=0.0, metadata={**_range(0, 1), "help": "SDARTS-RS: final bound of "
                                   "the uniform noise on the weight step's op weights (0.03 -> it, linearly)"})
+    arch_warmup: int = field(default=0, metadata={**_range(0), "help": "epochs at the start in which α is not "
+                             "updated, only the weights (PC-DARTS's recipe: 15)"})
     parts: str = field(default="", metadata={"help": "more method parts, comma-separated: registered names or "
                        "import paths (pkg.mod:Part, file.py:Part); their options are keys too (docs/custom.md)"})
     part_options: dict = field(default_factory=dict, metadata={

@@ -60,6 +60,10 @@ class Strategy:
         """The method's loss terms on α (DrNAS's KL, FairDARTS's zero-one loss, β-DARTS's ...), or None."""
         return self.method.loss(self.model) if self.method is not None else None
 
+    def updates_alpha(self) -> bool:
+        """False while the method holds α still (an α warm-up): only the weights step."""
+        return self.method is None or self.method.updates_alpha()
+
     def smoothed(self) -> dict[str, Tensor] | None:
         """Op weights the weight step uses instead of the activated α (SDARTS's random smoothing), or None."""
         return self.method.weight_step_weights(self.model) if self.method is not None else None
@@ -119,7 +123,8 @@ class SingleLevel(Strategy):
         if self._bad(loss, self.model.parameters()):
             return skipped_step(x.device)
         self._w_step()
-        self.a_opt.step()
+        if self.updates_alpha():
+            self.a_opt.step()
         return self._out(loss, logits, y)
 
 
@@ -155,13 +160,16 @@ class FirstOrder(Strategy):
 
     def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
         assert arch_batch is not None, "bi-level needs an α batch"
+        if not self.updates_alpha():
+            return self._bilevel_step(None, x, y)
         xa, ya = arch_batch()
         return self._bilevel_step(self.arch_grads(xa, ya), x, y)
 
-    def _bilevel_step(self, arch_grads: list[Tensor], x: Tensor, y: Tensor) -> StepOutput:
-        if self.skip_nonfinite and not all_finite(arch_grads):
-            return skipped_step(x.device)
-        self._arch_step(arch_grads)
+    def _bilevel_step(self, arch_grads: list[Tensor] | None, x: Tensor, y: Tensor) -> StepOutput:
+        if arch_grads is not None:  # None: α held still this step
+            if self.skip_nonfinite and not all_finite(arch_grads):
+                return skipped_step(x.device)
+            self._arch_step(arch_grads)
         self.w_opt.zero_grad(set_to_none=True)
         loss, logits = self.loss(x, y, weights=self.smoothed())
         loss.backward()
@@ -243,6 +251,8 @@ class SecondOrder(FirstOrder):
 
     def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
         assert arch_batch is not None, "bi-level needs an α batch"
+        if not self.updates_alpha():
+            return self._bilevel_step(None, x, y)
         xa, ya = arch_batch()
         grads = self.hypergradient(x, y, xa, ya)
         _all_reduce_mean(grads)

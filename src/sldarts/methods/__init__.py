@@ -42,7 +42,7 @@ The hooks of a part, all optional:
 - ``on_epoch(epoch, epochs)`` / ``on_step(step, steps)``: progress (0-based); schedules are functions of it
   alone, so a resumed run continues them exactly;
 - ``weight_step_weights(model)``: op weights the weight step uses instead of the activated α (SDARTS's
-  random smoothing), or None;
+  random smoothing), or None; ``updates_alpha()``: False while α is not to be stepped (a warm-up);
 - ``needs_arch_batch`` (None: the strategy decides), ``fused_ok`` (the fused cells compute it) and
   ``sparse`` (only the chosen op of an edge is computed);
 - ``select(...)``: the final architecture, instead of derivation from α (RSPS).
@@ -132,6 +132,10 @@ class Part:
     def weight_step_weights(self, model: Supernet) -> dict[str, Tensor] | None:
         return None
 
+    def updates_alpha(self) -> bool:
+        """Whether this step updates α (False: an α warm-up)."""
+        return True
+
 
 def _validate(opts: Any) -> None:
     """Coerce and check a part's options like config keys (types, choices, ranges)."""
@@ -196,6 +200,9 @@ class Method:
         for p in self.parts:
             p.on_step(step, steps)
 
+    def updates_alpha(self) -> bool:
+        return all(p.updates_alpha() for p in self.parts)
+
     def weight_step_weights(self, model: Supernet) -> dict[str, Tensor] | None:
         for p in self.parts:
             w = p.weight_step_weights(model)
@@ -209,7 +216,14 @@ class Method:
 
 def _builtins() -> None:
     """Import the built-in part modules (each registers its parts)."""
-    from sldarts.methods import betadarts, dartsminus, fairdarts, pcdarts, rsps, samplers, sdarts  # noqa: F401
+    import sldarts.methods.betadarts
+    import sldarts.methods.dartsminus
+    import sldarts.methods.fairdarts
+    import sldarts.methods.pcdarts
+    import sldarts.methods.rsps
+    import sldarts.methods.samplers
+    import sldarts.methods.sdarts
+    import sldarts.methods.warmup  # noqa: F401
 
 
 def part_class(spec: str) -> type[Part]:
