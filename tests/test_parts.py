@@ -313,3 +313,15 @@ def test_new_presets_resume_exactly_after_kill_9_on_darts_and_a_choice_model(tmp
     full, part = killed_and_resumed(base, tmp_path)
     key = full["arch_key"]
     assert full[key] == part[key]
+
+
+def test_report_marks_presets_that_differ_from_the_original():
+    from sldarts.report import differs, markdown
+
+    assert differs("gdas", [{"epochs": 250}]) == [] and differs("gdas", [{"epochs": 250}, {"epochs": 50}]) == [
+        "epochs=250"]
+    assert differs("pcdarts", [{"batch_size": 256, "lr": 0.1, "arch_lr": 6e-4, "arch_warmup": 15}]) == []
+    rows = [{"method": "gdas", "seeds": [0], "cells": [("c", 1)], "differs": ["epochs=250"]},
+            {"method": "darts-minus", "seeds": [0], "cells": [("c", 1)], "differs": []}]
+    md = markdown(["method"], [], rows)
+    assert "| gdas * |" in md and "| darts-minus |" in md and "gdas (epochs=250 in its own code)" in md
