@@ -126,14 +126,12 @@ class SearchRun(EpochRun):
         rule = self.cfg.derive
         return self.model.derive() if rule == "argmax" else self.model.derive(rule)
 
-    def _rsps_select(self) -> tuple[Any, dict[str, Any]]:
+    def _select(self, selector) -> tuple[Any, dict[str, Any]]:
         """RSPS: the best of rsps_samples uniformly drawn architectures on the first rsps_batches
         validation batches (the same batches for every one), drawn with the run's seed."""
         batches = [b for _, b in zip(range(self.cfg.rsps_batches), self.data.eval.epoch(0), strict=False)]
-        weights, scores = self.strategy.select(batches, self.cfg.rsps_samples, self.cfg.seed)
-        arch = self.model.derive("argmax", weights=weights)
-        return arch, {"rsps": {"samples": len(scores), "best_score": max(scores),
-                               "mean_score": sum(scores) / len(scores)}}
+        weights, extra = selector.select(self.model, batches, self.cfg.seed)
+        return self.model.derive("argmax", weights=weights), extra
 
     def _decisions(self) -> list[Decision] | None:
         try:
@@ -167,7 +165,8 @@ class SearchRun(EpochRun):
 
     def result(self, seconds: float, last: dict[str, Any] | None) -> dict[str, Any]:
         cfg = self.cfg
-        arch, extra = self._rsps_select() if cfg.optim == "rsps" else (self._derive(), {})
+        selector = self.method.selector
+        arch, extra = self._select(selector) if selector is not None else (self._derive(), {})
         ratio = self.model.param_free_ratio(arch)
         out: dict[str, Any] = {"space": cfg.space, "arch_key": self.space.arch_key, self.space.arch_key: arch,
                                "param_free_ratio": ratio, "derive": cfg.derive, **extra,
@@ -175,7 +174,7 @@ class SearchRun(EpochRun):
                                "seconds": round(seconds, 1), "input": self.data.input_spec()}
         if self.benchmark is not None:
             out["benchmark"] = self.benchmark.query(arch)
-        decisions = self._decisions() if cfg.optim != "rsps" else None  # RSPS decides by scores, not α
+        decisions = self._decisions() if selector is None else None  # RSPS decides by scores, not α
         if decisions is not None:
             out.update(margins(decisions))
         if self.dist.main:

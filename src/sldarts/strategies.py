@@ -38,6 +38,7 @@ class Strategy:
     name = "base"
     optim = ""
     order = 1
+    needs_arch_batch = False  # α steps on batches of its own (the data layer then holds an α split)
 
     def __init__(self, model: Supernet, net: nn.Module, w_opt: torch.optim.Optimizer,
                  a_opt: torch.optim.Optimizer, *, grad_clip: float = 5.0,
@@ -144,6 +145,7 @@ class FirstOrder(Strategy):
 
     name = "bilevel1"
     optim = "bilevel"
+    needs_arch_batch = True
 
     def arch_grads(self, x: Tensor, y: Tensor) -> list[Tensor]:
         # Only α's gradient is needed: autograd.grad skips every weight-gradient kernel.
@@ -292,31 +294,35 @@ class RandomSampling(Strategy):
         self._w_step()
         return self._out(loss, logits, y)
 
-    @torch.no_grad()
     def select(self, batches: list[Batch], samples: int, seed: int) -> tuple[dict[str, Tensor], list[float]]:
-        """(the best of ``samples`` uniformly drawn architectures as one-hot weights, every one's accuracy),
-        each scored on the same ``batches`` with batch statistics (the shared running statistics belong to no
-        single architecture); BN buffers and the global RNG are left as they were."""
-        model = self.model
-        buffers = {n: b.clone() for n, b in model.named_buffers()}
-        was = model.training
-        model.train()
-        scores: list[float] = []
-        best: dict[str, Tensor] = {}
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                for _ in range(samples):
-                    w = model.sample_weights()
-                    hits = sum(int((model(x, weights=w).argmax(1) == y).sum()) for x, y in batches)
-                    scores.append(hits / max(sum(len(y) for _, y in batches), 1))
-                    if scores[-1] > max(scores[:-1], default=-1.0):
-                        best = w
-        finally:
-            for n, b in model.named_buffers():
-                b.copy_(buffers[n])
-            model.train(was)
-        return best, scores
+        return select_architecture(self.model, batches, samples, seed)
+
+
+@torch.no_grad()
+def select_architecture(model: Supernet, batches: list[tuple[Tensor, Tensor]], samples: int, seed: int
+           ) -> tuple[dict[str, Tensor], list[float]]:
+    """(the best of ``samples`` uniformly drawn architectures as one-hot weights, every one's accuracy),
+    each scored on the same ``batches`` with batch statistics (the shared running statistics belong to no
+    single architecture); BN buffers and the global RNG are left as they were."""
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    was = model.training
+    model.train()
+    scores: list[float] = []
+    best: dict[str, Tensor] = {}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for _ in range(samples):
+                w = model.sample_weights()
+                hits = sum(int((model(x, weights=w).argmax(1) == y).sum()) for x, y in batches)
+                scores.append(hits / max(sum(len(y) for _, y in batches), 1))
+                if scores[-1] > max(scores[:-1], default=-1.0):
+                    best = w
+    finally:
+        for n, b in model.named_buffers():
+            b.copy_(buffers[n])
+        model.train(was)
+    return best, scores
 
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", group="sldarts.strategies")

@@ -203,6 +203,11 @@ class Method:
     def updates_alpha(self) -> bool:
         return all(p.updates_alpha() for p in self.parts)
 
+    @property
+    def selector(self) -> Part | None:
+        """The part that selects the final architecture instead of derivation from α (RSPS), if any."""
+        return next((p for p in self.parts if callable(getattr(p, "select", None))), None)
+
     def weight_step_weights(self, model: Supernet) -> dict[str, Tensor] | None:
         for p in self.parts:
             w = p.weight_step_weights(model)

@@ -7,8 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import Tensor
+
 from sldarts.methods import Part, refuse, register
 from sldarts.spaces.base import Supernet
+from sldarts.strategies import select_architecture
 
 
 @dataclass
@@ -40,3 +43,11 @@ class RandomSampling(Part):
             raise refuse(self.title, f"the {type(model).__name__} supernet cannot draw an architecture uniformly "
                          "(no sample_weights()); use another optim")
         model.set_sparse(True)
+
+    def select(self, model: Supernet, batches: list[tuple[Tensor, Tensor]], seed: int
+               ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """(the best architecture's one-hot weights, what to record) instead of derivation from α."""
+        weights, scores = select_architecture(model, batches, self.opts.rsps_samples, seed)
+        return weights, {"rsps": {"samples": len(scores), "best_score": max(scores),
+                                  "mean_score": sum(scores) / len(scores)}}
+
