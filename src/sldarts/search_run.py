@@ -117,6 +117,7 @@ class SearchRun(EpochRun):
             if a is not None:
                 arch_batch = lambda: a  # noqa: E731
         self._gstep += 1
+        self.method.on_step(self.step_in_epoch, len(self.train_loader))
         return self.strategy.step(x, y, arch_batch)
 
     def params_finite(self) -> bool:

@@ -39,12 +39,12 @@ The hooks of a part, all optional:
 - ``sampler``: a part whose ``activation`` maps α to op weights; exactly one per method
   (softmax, sigmoid, gumbel, dirichlet, or a registered one);
 - ``loss(model)``: a term added to the loss that updates α, or None;
-- ``on_epoch(epoch, epochs)`` / ``on_step(step, steps)``: progress (0-based); schedules are functions of it
-  alone, so a resumed run continues them exactly;
+- ``on_epoch(epoch, epochs)`` / ``on_step(step, steps)``: progress (0-based; ``on_step`` before each step
+  with the step in the epoch and the epoch's steps); schedules are functions of it alone, so a resumed run
+  continues them exactly (whether α needs batches of its own is the strategy's ``needs_arch_batch``);
 - ``weight_step_weights(model)``: op weights the weight step uses instead of the activated α (SDARTS's
   random smoothing), or None; ``updates_alpha()``: False while α is not to be stepped (a warm-up);
-- ``needs_arch_batch`` (None: the strategy decides), ``fused_ok`` (the fused cells compute it) and
-  ``sparse`` (only the chosen op of an edge is computed);
+- ``fused_ok`` (the fused cells compute it) and ``sparse`` (only the chosen op of an edge is computed);
 - ``select(...)``: the final architecture, instead of derivation from α (RSPS).
 
 Register a part in :data:`PARTS` (``PARTS.register(MyPart)``), by the ``sldarts.parts`` entry point group, or
@@ -84,7 +84,6 @@ class Part:
     sampler: ClassVar[bool] = False
     fused_ok: ClassVar[bool] = True
     sparse: ClassVar[bool] = False
-    needs_arch_batch: ClassVar[bool | None] = None
     order: ClassVar[int] = 50  # adapt order: samplers first (α), then edges, then losses
 
     def __init__(self, options: Any = None) -> None:

@@ -29,7 +29,6 @@ class RandomSampling(Part):
     Options = RspsOptions
     fused_ok = False
     sparse = True
-    needs_arch_batch = False
     order = 5
 
     @classmethod
