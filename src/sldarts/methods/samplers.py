@@ -4,6 +4,7 @@ registered in ``sldarts.activations``) and carries its options."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,8 @@ class Sampler(Part):
         self.activation: Activation = self.make_activation()
 
     def make_activation(self) -> Activation:
-        return ACTIVATIONS.get(self.name)()
+        """The registered activation of this name, its options as keywords."""
+        return ACTIVATIONS.get(self.name)(**dataclasses.asdict(self.opts))
 
     @property
     def fused_ok(self) -> bool:  # type: ignore[override]
@@ -87,9 +89,6 @@ class GumbelSampler(Sampler):
     title = "Gumbel sampling (GDAS)"
     Options = GumbelOptions
 
-    def make_activation(self) -> Activation:
-        return ACTIVATIONS.get(self.name)(self.opts.tau_max, self.opts.tau_min)
-
 
 @dataclass
 class DirichletOptions:
@@ -104,9 +103,6 @@ class DirichletSampler(Sampler):
     name = "dirichlet"
     title = "Dirichlet sampling (DrNAS)"
     Options = DirichletOptions
-
-    def make_activation(self) -> Activation:
-        return ACTIVATIONS.get(self.name)(self.opts.kl_weight)
 
 
 def sampler_for(name: str) -> type[Part]:
