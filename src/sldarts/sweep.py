@@ -22,6 +22,7 @@ import yaml
 
 from sldarts.config import load_config, read_yaml
 from sldarts.errors import SldartsError
+from sldarts.methods import resolve
 
 
 @dataclass
@@ -77,7 +78,7 @@ def load_sweep(path: str | Path | None, items: list[str]) -> tuple[dict[str, Any
     for variant in variants:
         for combo in itertools.product(*(grid[k] for k in keys)):
             settings = {**variant, **dict(zip(keys, combo, strict=True))}
-            load_config(None, {**base, **settings})  # validate every point before anything runs
+            resolve(load_config(None, {**base, **settings}))  # validate every point (and its method) first
             name = "_".join(f"{k}={_fmt(v)}" for k, v in settings.items()) or "point"
             points.append(Point(name.replace("/", "-"), settings))
     names = [p.name for p in points]
