@@ -99,11 +99,15 @@ def observe(name: str, model, method: Method, x) -> None:
         zeros = torch.zeros(len(m.candidate_modules()))
         assert all(e.aux_coef == 0.5 for e in mixing_edges(model))
         assert torch.allclose(m.mixed(zeros, inp), 0.5 * m.aux(inp))
-    elif name in ("gumbel", "rsps"):  # one op computed per edge
-        w = model.sample_weights() if name == "rsps" else model.arch_weights()
+    elif name == "gumbel":  # one op computed per edge
+        w = model.arch_weights()
         assert all(set(v.detach().unique().tolist()) <= {0.0, 1.0} for v in w.values())
         model.train()
         assert set(calls_per_edge(model, x)) == {1}
+    elif name == "rsps":  # a uniformly drawn architecture, and the network it weights
+        w = model.sample_weights()
+        assert all(set(v.unique().tolist()) <= {0.0, 1.0} for v in w.values())
+        assert not torch.allclose(model(x, weights=w), model(x))
     elif name == "dirichlet":  # a sample (rows sum to 1, two draws differ) and the KL term
         a, b = model.arch_weights(), model.arch_weights()
         k = next(iter(a))

@@ -27,8 +27,7 @@ class RandomSampling(Part):
     name = "rsps"
     title = "uniform architecture sampling (RSPS)"
     Options = RspsOptions
-    fused_ok = False
-    sparse = True
+    fused_ok = False  # the reference cells, as before the parts (its numbers unchanged)
     order = 5
 
     @classmethod
@@ -41,7 +40,7 @@ class RandomSampling(Part):
         if type(model).sample_weights is Supernet.sample_weights:
             raise refuse(self.title, f"the {type(model).__name__} supernet cannot draw an architecture uniformly "
                          "(no sample_weights()); use another optim")
-        model.set_sparse(True)
+        # every op stays in the step (weight 0 for the unchosen): weight decay reaches them all, as it always has
 
     def select(self, model: Supernet, batches: list[tuple[Tensor, Tensor]], seed: int
                ) -> tuple[dict[str, Tensor], dict[str, Any]]:
