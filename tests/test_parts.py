@@ -305,15 +305,13 @@ def test_random_smoothing_never_perturbs_alpha_in_its_own_update(optim):
     assert torch.allclose(conv.detach(), ref_conv.detach() - 0.1 * g_w, atol=1e-6)  # on the perturbed weights
 
 
-@pytest.mark.parametrize("args", [
-    ["method=sdarts", "optim=single", "space=darts", "cells=3"],
-    ["method=betadarts", "optim=single", "space=tests/userspace.py:build", "dataset=tests/userspace.py:digits"],
-])
-def test_new_presets_resume_exactly_after_kill_9_on_darts_and_a_choice_model(tmp_path, args):
+def test_new_presets_resume_exactly_after_kill_9_single_level_on_a_choice_model(tmp_path):
+    # bi-level on NB201: test_methods' kill -9 test of every preset; both together: one run of each kind
     from test_reliability import killed_and_resumed
 
-    base = ["search", "epochs=2", "train_samples=64", "channels=4", "batch_size=32", "eval_samples=32",
-            "deterministic=true", "threads=1", "progress=lines", "log_every=1", "workers=0", *args]
+    base = ["search", "epochs=2", "train_samples=64", "batch_size=32", "eval_samples=32", "deterministic=true",
+            "threads=1", "progress=lines", "log_every=1", "workers=0", "method=betadarts", "sdarts_epsilon=0.3",
+            "optim=single", "space=tests/userspace.py:build", "dataset=tests/userspace.py:digits"]
     full, part = killed_and_resumed(base, tmp_path)
     key = full["arch_key"]
     assert full[key] == part[key]
