@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,6 +46,7 @@ class Strategy:
         self.grad_clip = grad_clip
         self.autocast = autocast
         self.loss_fn = nn.CrossEntropyLoss()
+        self.cost_term: Any = None  # a loss part on α (sldarts.budget.CostTerm), set by the search run
 
     @classmethod
     def options(cls, cfg) -> dict:
@@ -52,9 +54,11 @@ class Strategy:
         return {}
 
     def arch_regularizer(self) -> Tensor | None:
-        """Terms added to the loss that updates α: the activation's (DrNAS's KL) and FairDARTS's zero-one
-        loss, −w·mean((σ(α) − 0.5)²) over every α entry, which pushes each σ(α) towards 0 or 1."""
-        terms = [t for t in (self.model.regularizer(), self._zero_one()) if t is not None]
+        """Terms added to the loss that updates α: the activation's (DrNAS's KL), FairDARTS's zero-one
+        loss, −w·mean((σ(α) − 0.5)²) over every α entry, which pushes each σ(α) towards 0 or 1, and the
+        cost term of a search under a budget."""
+        cost = self.cost_term.loss(self.model) if self.cost_term is not None else None  # sldarts.budget
+        terms = [t for t in (self.model.regularizer(), self._zero_one(), cost) if t is not None]
         return sum(terms[1:], terms[0]) if terms else None
 
     def _zero_one(self) -> Tensor | None:

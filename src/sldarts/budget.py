@@ -1,0 +1,549 @@
+"""Search under a budget: multiply-adds, parameters or measured latency as a term of the search loss.
+
+The cost of an architecture is the cost of the network a user gets (NB201: the benchmark's evaluation
+network, what ``sldarts complexity`` counts; a ``Choice`` model: the fixed model), written as
+
+    cost(arch) = base + Σ over decisions of the chosen candidate's cost at its position,
+
+where each candidate is counted alone at the input it sees in that network (MACs and params by the
+counter of :mod:`sldarts.evaluate.complexity`, latency timed on ``cost_device``) and ``base`` is the rest
+of the network (the whole network of one architecture minus its candidates). For MACs and params this is
+exact; for latency it is the look-up-table model of FBNet and ProxylessNAS.
+
+The **expected cost** under α replaces the chosen candidate by the activated weights normalised over each
+decision, ``Σ_k w_k c_k / Σ_k w_k``: differentiable in α for every activation, equal to the derived cost
+when the weights are one-hot. :class:`CostTerm` adds it to the loss that updates α: ``cost_weight=λ`` adds
+``λ · E[cost] / (largest reachable cost)``; ``cost_target=T`` adds ``μ · E[cost] / T`` with a multiplier
+``μ ≥ 0`` raised by ``cost_lr · (cost(derived)/T − 1)`` every step (dual ascent on the *derived*
+architecture's cost, so μ grows while the derived network is over the target and relaxes while under).
+
+In the parts design of the methods (docs/methods.md), :class:`CostTerm` is a loss part: ``loss(supernet)``
+and ``on_epoch(epoch, epochs)``, options in :class:`CostOptions`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from sldarts.errors import SldartsError
+
+COST_KINDS = ("macs", "params", "latency")
+UNITS = {"macs": "MACs", "params": "params", "latency": "ms"}
+CACHE_ENV = "SLDARTS_CACHE"
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"range": (lo, hi, lo_open)}
+
+
+def check_cost(value: str) -> None:
+    if value and value not in COST_KINDS:
+        raise SldartsError(f"config: cost={value!r} is not a cost kind; use cost=macs, cost=params or cost=latency "
+                           "(or leave it empty for no cost term)")
+
+
+@dataclass
+class CostOptions:
+    """The cost term's config keys (also fields of :class:`sldarts.config.SearchConfig`)."""
+
+    cost: str = field(default="", metadata={"check": check_cost, "help": "search under a budget: macs, params "
+                                            "or latency of the derived network (empty: no cost term)"})
+    cost_weight: float = field(default=0.0, metadata={**_range(0), "help": "penalty λ on the expected cost "
+                                                      "(as a share of the largest reachable cost)"})
+    cost_target: float = field(default=0.0, metadata={**_range(0), "help": "budget T in the cost's units "
+                                                      "(MACs, params, ms); the search adjusts a multiplier to meet it"})
+    cost_lr: float = field(default=0.05, metadata={**_range(0, lo_open=True), "help": "step of the cost_target "
+                                                   "multiplier per training step, times the relative overshoot"})
+    cost_device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda"), "help": "device latency is "
+                                                      "timed on (cost=latency)"})
+    cost_batch: int = field(default=1, metadata={**_range(1), "help": "batch size latency is timed at"})
+    cost_threads: int = field(default=1, metadata={**_range(0), "help": "CPU threads latency is timed with "
+                                                   "(0: torch's current number)"})
+    cost_repeats: int = field(default=20, metadata={**_range(1), "help": "timed runs per entry; the median counts"})
+    cost_cache: str = field(default="", metadata={"help": "latency table cache folder (default $SLDARTS_CACHE "
+                                                  "or ~/.cache/sldarts)"})
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> CostOptions:
+        return cls(**{f: getattr(cfg, f) for f in cls.__dataclass_fields__})
+
+
+def check_options(o: Any) -> None:
+    """Cross-key checks (called by the config's validate)."""
+    if not o.cost and (o.cost_weight or o.cost_target):
+        key = "cost_target" if o.cost_target else "cost_weight"
+        raise SldartsError(f"config: {key} needs a cost kind; add cost=macs, cost=params or cost=latency")
+    if o.cost_weight and o.cost_target:
+        raise SldartsError("config: give cost_weight (a penalty) or cost_target (a budget), not both")
+
+
+# -- counting and timing one module ---------------------------------------------------------------
+def count_macs_of(module: nn.Module, inputs: tuple) -> int:
+    """Multiply-adds of ``module(*inputs)`` in eval mode: ``FlopCounterMode`` total / 2, the counter of
+    ``sldarts complexity``."""
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(*inputs)
+    finally:
+        module.train(was)
+    return int(counter.get_total_flops() // 2)
+
+
+def count_params_of(module: nn.Module) -> int:
+    from sldarts.evaluate.complexity import count_params
+
+    return count_params(module)
+
+
+def check_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SldartsError("cost_device=cuda but no CUDA device is visible here; time latency with "
+                           "cost_device=cpu or run on a machine with a GPU")
+    return torch.device(device)
+
+
+def device_description(device: str, threads: int, batch: int) -> dict[str, Any]:
+    if device == "cuda":
+        name = torch.cuda.get_device_name(0)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return {"device": device, "name": name, "threads": threads or torch.get_num_threads(), "batch": batch,
+            "torch": torch.__version__}
+
+
+def time_module(module: nn.Module, inputs: tuple, device: torch.device, repeats: int, threads: int) -> float:
+    """Median milliseconds of ``module(*inputs)`` (eval mode, no gradient) over ``repeats`` runs after warm-up."""
+    was = module.training
+    module.eval()
+    old_threads = torch.get_num_threads()
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    try:
+        with torch.no_grad():
+            for _ in range(max(2, repeats // 5)):
+                module(*inputs)
+            sync()
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                module(*inputs)
+                sync()
+                times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(old_threads)
+        module.train(was)
+    return float(statistics.median(times))
+
+
+def _shapes(inputs: tuple) -> list:
+    return [list(t.shape) if isinstance(t, Tensor) else repr(t) for t in inputs]
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def cache_dir(option: str = "") -> Path:
+    return Path(option or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sldarts")
+
+
+class LatencyTable:
+    """Timings by (module, input shape) on one device, thread count and batch, kept in a JSON file of the
+    cache folder (``latency-<hash of the device>.json``) and reused by every run on the same device."""
+
+    def __init__(self, options: CostOptions) -> None:
+        self.o = options
+        self.device = check_device(options.device)
+        self.desc = device_description(options.device, options.cost_threads, options.cost_batch)
+        self.path = cache_dir(options.cost_cache) / f"latency-{_hash(json.dumps(self.desc, sort_keys=True))}.json"
+        self.entries: dict[str, float] = {}
+        if self.path.exists():
+            try:
+                self.entries = dict(json.loads(self.path.read_text()).get("entries", {}))
+            except (json.JSONDecodeError, OSError, AttributeError):
+                self.entries = {}
+        self.timed = 0
+        self.reused = 0
+        self.used: dict[str, float] = {}
+
+    def batched(self, inputs: tuple) -> tuple:
+        return tuple(t.new_zeros((self.o.cost_batch, *t.shape[1:])).to(self.device) if isinstance(t, Tensor) else t
+                     for t in inputs)
+
+    def ms(self, module: nn.Module, inputs: tuple) -> float:
+        inputs = self.batched(inputs)
+        key = _hash(repr(module) + json.dumps(_shapes(inputs)))
+        if key in self.entries:
+            self.reused += key not in self.used
+        else:
+            self.entries[key] = time_module(copy.deepcopy(module).to(self.device), inputs, self.device,
+                                            self.o.cost_repeats, self.o.cost_threads)
+            self.timed += 1
+        self.used[key] = self.entries[key]
+        return self.entries[key]
+
+    def save(self) -> None:
+        if not self.timed:
+            return
+        from sldarts.checkpoint import atomic_write_text
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps({"device": self.desc, "entries": self.entries}, indent=1) + "\n")
+
+    def note(self) -> str:
+        d = self.desc
+        where = f"{d['device']} ({d['name']}, {d['threads']} threads, batch {d['batch']})"
+        if self.timed == 0:
+            return f"latency table: reused {self.reused} entries timed on {where} from {self.path}"
+        return (f"latency table: timed {self.timed} entries on {where}"
+                + (f", reused {self.reused}" if self.reused else "") + f"; written to {self.path}")
+
+
+# -- the cost model of a space ----------------------------------------------------------------------
+@dataclass
+class Entry:
+    """One candidate at one position: α ``key``, ``row`` and candidate ``k``; counted ``mult`` times."""
+
+    key: str
+    row: int
+    k: int
+    module: nn.Module
+    inputs: tuple
+    mult: int = 1
+    where: str = ""
+
+
+@dataclass
+class Layout:
+    """What a space tells the cost model: the α shapes, every candidate at its position, the candidate
+    never derived under ``argmax-no-none`` per key, the architecture of a choice of indices and the network
+    a user gets for an architecture (with its input)."""
+
+    shapes: dict[str, tuple[int, int]]  # key -> (rows, candidates)
+    entries: list[Entry]
+    arch_of: Callable[[dict[str, list[int]]], Any]
+    network: Callable[[Any], nn.Module]
+    sample: tuple[int, ...]  # one input's shape, batch excluded
+    exclude: dict[str, int | None]
+    names: dict[str, list[str]]
+    where: str = ""  # what network the costs are of
+    multi: dict[str, int] = field(default_factory=dict)  # key -> n_chosen of an input choice (cost-free rows)
+
+
+class CostModel:
+    """Per-candidate cost tables (one tensor per α key, α's shape) and the base; see the module docstring."""
+
+    def __init__(self, kind: str, layout: Layout, options: CostOptions | None = None) -> None:
+        if kind not in COST_KINDS:
+            check_cost(kind)
+        self.kind, self.layout = kind, layout
+        self.options = options or CostOptions(cost=kind)
+        self.latency = LatencyTable(self.options) if kind == "latency" else None
+        self.tables = {k: torch.zeros(r, n, dtype=torch.float64) for k, (r, n) in layout.shapes.items()}
+        self.positions: list[dict[str, Any]] = []
+        memo: dict[tuple, float] = {}  # a module at one input is counted once (NB201: the same op on 6 edges)
+        for e in layout.entries:
+            at = (id(e.module), json.dumps(_shapes(e.inputs)))
+            c = memo[at] if at in memo else memo.setdefault(at, self.measure(e.module, e.inputs))
+            self.tables[e.key][e.row, e.k] += e.mult * c
+            self.positions.append({"key": e.key, "row": e.row, "candidate": layout.names[e.key][e.k],
+                                   "where": e.where, "count": e.mult, "cost": c})
+        first = {k: [0] * r for k, (r, _) in layout.shapes.items()}
+        self.base = self.whole(layout.arch_of(first)) - self.predict(first, with_base=False)
+        if self.latency is not None:
+            self.latency.save()
+
+    # counting
+    def measure(self, module: nn.Module, inputs: tuple) -> float:
+        if self.kind == "params":
+            return float(count_params_of(module))
+        if self.kind == "macs":
+            return float(count_macs_of(module, inputs))
+        assert self.latency is not None
+        return self.latency.ms(module, inputs)
+
+    def whole(self, arch: Any) -> float:
+        """The cost of an architecture's network counted (or timed) as a whole."""
+        net = self.layout.network(arch)
+        x = (torch.zeros(1, *self.layout.sample),)
+        if self.latency is not None:
+            x = self.latency.batched(x)
+            return self.latency.ms(net, x)
+        return self.measure(net, x)
+
+    # the additive model
+    def predict(self, choice: dict[str, list[int]], with_base: bool = True) -> float:
+        """Cost of the architecture that picks candidate ``choice[key][row]`` at each row."""
+        s = sum(float(self.tables[k][r, i]) for k, idx in choice.items() for r, i in enumerate(idx))
+        return s + (self.base if with_base else 0.0)
+
+    def expected(self, activated: dict[str, Tensor]) -> Tensor:
+        """Σ over rows of the activated weights normalised over the row times the candidates' costs, plus
+        the base: differentiable in α."""
+        total = None
+        for k, table in self.tables.items():
+            if k not in activated or not float(table.abs().sum()):
+                continue
+            w = activated[k].reshape(table.shape)
+            p = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+            t = (p * table.to(p)).sum()
+            total = t if total is None else total + t
+        base = torch.tensor(self.base, dtype=torch.float64)
+        return base if total is None else total + base.to(total)
+
+    def choice(self, activated: dict[str, Tensor]) -> dict[str, list[int]]:
+        """The candidate derivation picks at each row (argmax; never the excluded one)."""
+        out = {}
+        for k, table in self.tables.items():
+            w = activated[k].detach().reshape(table.shape).float().cpu().clone()
+            if self.layout.exclude.get(k) is not None:
+                w[:, self.layout.exclude[k]] = -float("inf")
+            out[k] = [int(i) for i in w.argmax(-1)]
+        return out
+
+    def smallest(self) -> float:
+        """The cost of the cheapest architecture of the space (every decision at its cheapest candidate)."""
+        cheapest = {}
+        for k, table in self.tables.items():
+            t = table.clone()
+            if self.layout.exclude.get(k) is not None:
+                t[:, self.layout.exclude[k]] = float("inf")
+            cheapest[k] = [int(i) for i in t.argmin(-1)]
+        return self.predict(cheapest)
+
+    def largest(self) -> float:
+        return self.predict({k: [int(i) for i in t.argmax(-1)] for k, t in self.tables.items()})
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cost": self.kind, "unit": UNITS[self.kind], "network": self.layout.where,
+                               "base": self.base, "tables": {k: t.tolist() for k, t in self.tables.items()},
+                               "candidates": self.layout.names, "positions": self.positions}
+        if self.latency is not None:
+            out["latency"] = {**self.latency.desc, "repeats": self.options.cost_repeats,
+                              "cache": str(self.latency.path)}
+        return out
+
+
+def fmt(kind: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if kind == "latency":
+        return f"{value:.3g} ms"
+    if value >= 1e6:
+        return f"{value / 1e6:.3g}M {UNITS[kind]}"
+    return f"{value:,.0f} {UNITS[kind]}"
+
+
+# -- the loss part ----------------------------------------------------------------------------------
+class CostTerm:
+    """The cost as a loss part on α: ``loss(supernet)`` (added to the loss that updates α) and
+    ``on_epoch``; ``state_dict`` holds the multiplier, so a resumed run continues it exactly."""
+
+    def __init__(self, model: CostModel, options: CostOptions, rule: str = "argmax") -> None:
+        self.model, self.o, self.rule = model, options, rule
+        self.multiplier = 0.0
+        self.scale = max(model.largest(), 1e-12)
+        if options.cost_target:
+            low = model.smallest()
+            if options.cost_target < low:
+                raise SldartsError(
+                    f"cost_target={options.cost_target:g} cannot be met: the smallest {options.cost} any "
+                    f"architecture of this space reaches is {low:.6g} {UNITS[options.cost]} "
+                    f"({model.layout.where}, every decision at its cheapest candidate); raise cost_target")
+
+    @staticmethod
+    def activated(supernet: nn.Module) -> dict[str, Tensor]:
+        """The deterministic activated α (what derivation reads), with its graph."""
+        return {k: supernet.activation(a) for k, a in supernet.arch.items()}
+
+    def expected(self, supernet: nn.Module) -> Tensor:
+        return self.model.expected(self.activated(supernet))
+
+    def derived(self, supernet: nn.Module) -> float:
+        with torch.no_grad():
+            return self.model.predict(self.model.choice(self.activated(supernet)))
+
+    def loss(self, supernet: nn.Module) -> Tensor | None:
+        o = self.o
+        if o.cost_target:
+            if supernet.training:  # dual ascent on the derived architecture's cost, once per step
+                over = self.derived(supernet) / o.cost_target - 1.0
+                self.multiplier = max(0.0, self.multiplier + o.cost_lr * over)
+            if self.multiplier <= 0:
+                return None
+            return (self.multiplier / o.cost_target * self.expected(supernet)).float()
+        if o.cost_weight:
+            return (o.cost_weight / self.scale * self.expected(supernet)).float()
+        return None
+
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        """Nothing is scheduled by epoch: the multiplier follows the steps."""
+
+    def row(self, supernet: nn.Module) -> dict[str, Any]:
+        """Per-epoch numbers for metrics.jsonl."""
+        with torch.no_grad():
+            out = {"expected_cost": float(self.expected(supernet)), "derived_cost": self.derived(supernet)}
+        if self.o.cost_target:
+            out["cost_multiplier"] = self.multiplier
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"multiplier": self.multiplier}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.multiplier = float(state["multiplier"])
+
+    def result(self, supernet: nn.Module, arch: Any) -> dict[str, Any]:
+        """The honest summary: expected cost under the final α, the derived network's cost counted (timed)
+        as a whole next to the table's prediction, the target and whether it was met."""
+        m, o = self.model, self.o
+        measured = m.whole(arch)
+        with torch.no_grad():
+            expected = float(self.expected(supernet))
+        out: dict[str, Any] = {"cost": o.cost, "unit": UNITS[o.cost], "network": m.layout.where,
+                               "expected": expected, "predicted": self.derived(supernet), "measured": measured,
+                               "target": o.cost_target or None, "weight": o.cost_weight or None,
+                               "met": (measured <= o.cost_target) if o.cost_target else None,
+                               "smallest": m.smallest(), "largest": m.largest()}
+        if o.cost_target:
+            out["multiplier"] = self.multiplier
+        if m.latency is not None:
+            out["latency"] = {**m.latency.desc, "repeats": o.cost_repeats}
+        return out
+
+
+def budget_line(res: dict[str, Any]) -> str:
+    """The end-of-search line of a result's ``budget``."""
+    k = res["cost"]
+    how = "median of whole-network runs" if k == "latency" else "counted as a whole"
+    line = (f"cost ({k}, {res['network']}): derived {fmt(k, res['measured'])} {how} (table "
+            f"{fmt(k, res['predicted'])}), expected under the final α {fmt(k, res['expected'])}")
+    if res["target"]:
+        line += f"; target {fmt(k, res['target'])}: {'met' if res['met'] else 'NOT met'}"
+    return line
+
+
+# -- layouts of the spaces ------------------------------------------------------------------------
+def nb201_layout(space: Any, dataset: str) -> Layout:
+    """NB201: each edge's op counted alone at each stage of the benchmark's evaluation network on
+    ``dataset`` (16, 32, 64 channels at full, half and quarter side), times the 5 cells of a stage."""
+    from sldarts.data import DATASETS
+    from sldarts.spaces.nb201 import EDGES, OPS, format_arch
+    from sldarts.spaces.ops import NB201_OPS
+
+    spec = DATASETS[dataset]
+    c0, n = 16, 5
+    entries = []
+    for s in range(3):
+        c, side = c0 * 2 ** s, spec.side // 2 ** s
+        for k, name in enumerate(OPS):
+            op = NB201_OPS[name](c, 1, True, True)
+            for e in range(len(EDGES)):
+                entries.append(Entry("cell", e, k, op, (torch.zeros(1, c, side, side),), n,
+                                     f"stage {s + 1} ({c} ch, {side}x{side})"))
+    return Layout({"cell": (len(EDGES), len(OPS))}, entries,
+                  arch_of=lambda idx: format_arch([OPS[i] for i in idx["cell"]]),
+                  network=lambda arch: space.eval_network(arch, spec.num_classes, spec.in_channels, dataset=dataset),
+                  sample=(spec.in_channels, spec.side, spec.side), exclude={"cell": OPS.index("none")},
+                  names={"cell": list(OPS)}, where=f"NB201 evaluation network on {dataset}")
+
+
+def _record_inputs(seen: dict[int, tuple], ident: int, module: nn.Module, args: tuple) -> None:
+    if ident not in seen:
+        seen[ident] = tuple(a.detach().cpu().clone() if isinstance(a, Tensor) else a for a in args)
+
+
+def choice_layout(space: Any, supernet: Any, num_classes: int, in_channels: int,
+                  sample: tuple[int, ...]) -> Layout:
+    """A ``Choice`` model: every candidate counted alone at the input it receives in one forward pass of
+    the model on ``sample`` (an input choice's sum costs nothing); the network is the fixed model."""
+    from sldarts.nn import Choice, InputChoice, Zero
+    from sldarts.spaces.model import _key
+
+    model = supernet.model
+    seen: dict[int, tuple] = {}
+    hooks = []
+    for ms in supernet.groups.values():
+        for m in ms:
+            if isinstance(m, Choice):
+                for cand in m.candidates.values():
+                    hooks.append(cand.register_forward_pre_hook(partial(_record_inputs, seen, id(cand))))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *sample, device=next(iter(supernet.arch.values())).device))
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    shapes, entries, names, exclude, multi = {}, [], {}, {}, {}
+    for label, ms in supernet.groups.items():
+        key, first = _key(label), ms[0]
+        if isinstance(first, InputChoice):
+            shapes[key], names[key], exclude[key] = (1, first.n_inputs), [str(i) for i in range(first.n_inputs)], None
+            multi[key] = first.n_chosen
+            continue
+        shapes[key], names[key] = (1, len(first.candidates)), first.names
+        zeros = [k for k, c in enumerate(first.candidates.values()) if isinstance(c, Zero)]
+        exclude[key] = zeros[0] if zeros else None
+        for m in ms:
+            for k, cand in enumerate(m.candidates.values()):
+                if isinstance(cand, Zero):
+                    continue
+                if id(cand) not in seen:
+                    raise SldartsError(f"choice {label!r}: candidate {first.names[k]!r} was not called in a forward "
+                                       "pass of the model; its cost cannot be counted")
+                entries.append(Entry(key, 0, k, cand, seen[id(cand)], 1, label))
+    labels = {_key(label): label for label in supernet.groups}
+
+    def arch_of(idx: dict[str, list[int]]) -> dict[str, Any]:
+        return {labels[k]: (list(range(multi[k])) if k in multi else names[k][i[0]]) for k, i in idx.items()}
+
+    return Layout(shapes, entries, arch_of=arch_of,
+                  network=lambda arch: space.eval_network(arch, num_classes, in_channels),
+                  sample=tuple(sample), exclude=exclude, names=names, where="the fixed model", multi=multi)
+
+
+def cost_model(options: CostOptions, space: Any, supernet: Any, cfg_dataset: str, num_classes: int,
+               in_channels: int, sample: tuple[int, ...]) -> CostModel:
+    """The cost model of a search: NB201 (at the data set ``sldarts complexity`` counts) or a Choice model."""
+    from sldarts.spaces.model import ModelSpace
+    from sldarts.spaces.nb201 import NB201Space
+
+    check_cost(options.cost)
+    if options.cost == "latency":
+        check_device(options.cost_device)
+    if isinstance(space, NB201Space):
+        layout = nb201_layout(space, space.complexity_dataset(cfg_dataset))
+    elif isinstance(space, ModelSpace):
+        layout = choice_layout(space, supernet, num_classes, in_channels, sample)
+    else:
+        raise SldartsError(f"cost={options.cost} is available on the nb201 space and on Choice models; the "
+                           f"{space.name} space has no cost model yet")
+    return CostModel(options.cost, layout, options)
