@@ -178,8 +178,8 @@ class LatencyTable:
 
     def __init__(self, options: CostOptions) -> None:
         self.o = options
-        self.device = check_device(options.device)
-        self.desc = device_description(options.device, options.cost_threads, options.cost_batch)
+        self.device = check_device(options.cost_device)
+        self.desc = device_description(options.cost_device, options.cost_threads, options.cost_batch)
         self.path = cache_dir(options.cost_cache) / f"latency-{_hash(json.dumps(self.desc, sort_keys=True))}.json"
         self.entries: dict[str, float] = {}
         if self.path.exists():
@@ -217,11 +217,24 @@ class LatencyTable:
 
     def note(self) -> str:
         d = self.desc
-        where = f"{d['device']} ({d['name']}, {d['threads']} threads, batch {d['batch']})"
+        where = f"{d['device']} ({d['name']}, {d['threads']} thread{'s' * (d['threads'] != 1)}, batch {d['batch']})"
         if self.timed == 0:
             return f"latency table: reused {self.reused} entries timed on {where} from {self.path}"
         return (f"latency table: timed {self.timed} entries on {where}"
                 + (f", reused {self.reused}" if self.reused else "") + f"; written to {self.path}")
+
+
+def expected_cost(tables: dict[str, Tensor], base: float, activated: dict[str, Tensor]) -> Tensor:
+    """``base`` + Σ over α keys and rows of the activated weights normalised over the row, ``w / Σ w``,
+    times the candidates' costs (rows of ``tables``); keys whose candidates cost nothing are skipped."""
+    total = torch.tensor(base, dtype=torch.float64)
+    for k, table in tables.items():
+        if k not in activated or not bool(table.any()):
+            continue
+        w = activated[k].reshape(table.shape)
+        p = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+        total = total.to(p.device) + (p * table.to(p)).sum()
+    return total
 
 
 # -- the cost model of a space ----------------------------------------------------------------------
@@ -303,35 +316,26 @@ class CostModel:
         return s + (self.base if with_base else 0.0)
 
     def expected(self, activated: dict[str, Tensor]) -> Tensor:
-        """Σ over rows of the activated weights normalised over the row times the candidates' costs, plus
-        the base: differentiable in α."""
-        total = None
-        for k, table in self.tables.items():
-            if k not in activated or not float(table.abs().sum()):
-                continue
-            w = activated[k].reshape(table.shape)
-            p = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
-            t = (p * table.to(p)).sum()
-            total = t if total is None else total + t
-        base = torch.tensor(self.base, dtype=torch.float64)
-        return base if total is None else total + base.to(total)
+        """The expected cost under activated α (:func:`expected_cost`), differentiable in α."""
+        return expected_cost(self.tables, self.base, activated)
 
-    def choice(self, activated: dict[str, Tensor]) -> dict[str, list[int]]:
-        """The candidate derivation picks at each row (argmax; never the excluded one)."""
+    def choice(self, activated: dict[str, Tensor], rule: str = "argmax") -> dict[str, list[int]]:
+        """The candidate derivation picks at each row (argmax, first on ties; under ``argmax-no-none``
+        never the ``none`` candidate)."""
         out = {}
         for k, table in self.tables.items():
             w = activated[k].detach().reshape(table.shape).float().cpu().clone()
-            if self.layout.exclude.get(k) is not None:
+            if rule == "argmax-no-none" and self.layout.exclude.get(k) is not None:
                 w[:, self.layout.exclude[k]] = -float("inf")
             out[k] = [int(i) for i in w.argmax(-1)]
         return out
 
-    def smallest(self) -> float:
+    def smallest(self, rule: str = "argmax") -> float:
         """The cost of the cheapest architecture of the space (every decision at its cheapest candidate)."""
         cheapest = {}
         for k, table in self.tables.items():
             t = table.clone()
-            if self.layout.exclude.get(k) is not None:
+            if rule == "argmax-no-none" and self.layout.exclude.get(k) is not None:
                 t[:, self.layout.exclude[k]] = float("inf")
             cheapest[k] = [int(i) for i in t.argmin(-1)]
         return self.predict(cheapest)
@@ -369,7 +373,7 @@ class CostTerm:
         self.multiplier = 0.0
         self.scale = max(model.largest(), 1e-12)
         if options.cost_target:
-            low = model.smallest()
+            low = model.smallest(rule)
             if options.cost_target < low:
                 raise SldartsError(
                     f"cost_target={options.cost_target:g} cannot be met: the smallest {options.cost} any "
@@ -386,7 +390,7 @@ class CostTerm:
 
     def derived(self, supernet: nn.Module) -> float:
         with torch.no_grad():
-            return self.model.predict(self.model.choice(self.activated(supernet)))
+            return self.model.predict(self.model.choice(self.activated(supernet), self.rule))
 
     def loss(self, supernet: nn.Module) -> Tensor | None:
         o = self.o
@@ -429,7 +433,7 @@ class CostTerm:
                                "expected": expected, "predicted": self.derived(supernet), "measured": measured,
                                "target": o.cost_target or None, "weight": o.cost_weight or None,
                                "met": (measured <= o.cost_target) if o.cost_target else None,
-                               "smallest": m.smallest(), "largest": m.largest()}
+                               "smallest": m.smallest(self.rule), "largest": m.largest()}
         if o.cost_target:
             out["multiplier"] = self.multiplier
         if m.latency is not None:

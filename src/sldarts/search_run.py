@@ -94,8 +94,9 @@ class SearchRun(EpochRun):
             return None
         options = CostOptions.from_config(cfg)
         info = self.data.info
-        model = cost_model(options, self.space, self.model, cfg.dataset, info.num_classes, info.in_channels,
-                           self.data.sample_shape)
+        with torch.random.fork_rng(devices=[]):  # the networks it counts draw weights: not from the run's stream
+            model = cost_model(options, self.space, self.model, cfg.dataset, info.num_classes, info.in_channels,
+                               self.data.sample_shape)
         if self.dist.main:
             from sldarts import checkpoint as ckpt
 
