@@ -142,3 +142,37 @@ def test_bad_budget_input_is_one_line(tmp_path):
             CostModel("latency", nb201_layout(get_space("nb201"), "cifar10"),
                       CostOptions(cost="latency", cost_device="cuda"))
         assert "\n" not in str(err.value)
+
+
+def test_report_of_a_budget_sweep_gives_accuracy_vs_cost_beside_the_benchmark_front(tmp_path):
+    from sldarts.lookup import CsvBenchmark
+    from sldarts.report import report
+
+    def arch(*ops):
+        return "|{}~0|+|{}~0|{}~1|+|{}~0|{}~1|{}~2|".format(*ops)
+
+    conv, skip = ("nor_conv_3x3",) * 6, ("skip_connect",) * 6
+    one = ("nor_conv_3x3",) + ("skip_connect",) * 5
+    costs = {"none": 0, "skip_connect": 0, "nor_conv_1x1": 10, "nor_conv_3x3": 100, "avg_pool_3x3": 0}
+    table = {"cost": "params", "base": 5, "tables": {"cell": [[costs[o] for o in OPS]] * 6}}
+    bench = tmp_path / "bench.csv"  # a tiny fake benchmark: three cells with a CIFAR-10 test accuracy
+    bench.write_text("index,arch,cifar10_test\n" + "".join(
+        f"{i},{arch(*ops)},{acc}\n" for i, (ops, acc) in enumerate(((conv, 94.0), (one, 90.0), (skip, 50.0)))))
+    for target, ops in ((50, skip), (150, one), (0, conv)):
+        cost = 5 + sum(costs[o] for o in ops)
+        d = tmp_path / "sweep" / f"cost_target={target}"
+        d.mkdir(parents=True)
+        (d / "cost_table.json").write_text(json.dumps(table))
+        budget = {"cost": "params", "unit": "params", "expected": cost + 1.0, "predicted": cost, "measured": cost,
+                  "target": target or None, "weight": None, "met": cost <= target if target else None}
+        (d / "result.json").write_text(json.dumps({
+            "space": "nb201", "arch_key": "arch", "arch": arch(*ops), "param_free_ratio": 0.5, "valid_acc": 0.3,
+            "budget": budget, "config": {"cost": "params", "cost_target": target, "seed": 0}}))
+    md = report(tmp_path / "sweep", CsvBenchmark(bench))
+    rows = [line.strip(" |") for line in md.splitlines() if line.startswith("| cost_target=")]
+    assert "## Accuracy vs params" in md and len(rows) == 3
+    assert rows[0].split(" | ")[1:6] == ["50 params", "5 params", "6 params", "yes", "50.00"]
+    assert rows[1].split(" | ")[5:8] == ["90.00", "90.00 (105 params)", "0.00"]  # on the front
+    assert "5 params → 50.00, 105 params → 90.00, 605 params → 94.00" in md  # the front of the three cells
+    assert (tmp_path / "sweep" / "budget.png").stat().st_size > 0
+    assert (tmp_path / "sweep" / "budget.md").read_text().startswith("## Accuracy vs params")

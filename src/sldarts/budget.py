@@ -551,3 +551,115 @@ def cost_model(options: CostOptions, space: Any, supernet: Any, cfg_dataset: str
         raise SldartsError(f"cost={options.cost} is available on the nb201 space and on Choice models; the "
                            f"{space.name} space has no cost model yet")
     return CostModel(options.cost, layout, options)
+
+
+# -- the trade-off of a sweep ---------------------------------------------------------------------
+def predictor(cost_table: dict[str, Any]) -> Callable[[dict[str, list[int]]], float]:
+    """The additive cost model of a run's ``cost_table.json``, without counting anything again."""
+    tables = {k: torch.tensor(v, dtype=torch.float64) for k, v in cost_table["tables"].items()}
+    base = float(cost_table["base"])
+    return lambda idx: base + sum(float(tables[k][r, i]) for k, row in idx.items() for r, i in enumerate(row))
+
+
+def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """(cost, accuracy, name) points no other point beats on both (lower cost, higher accuracy)."""
+    front: list[tuple[float, float, str]] = []
+    for c, a, n in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or a > front[-1][1]:
+            front.append((c, a, n))
+    return front
+
+
+def best_within(front: list[tuple[float, float, str]], cost: float) -> tuple[float, float, str] | None:
+    """The most accurate point of the front that costs at most ``cost``."""
+    inside = [p for p in front if p[0] <= cost]
+    return inside[-1] if inside else None
+
+
+def trade_off(sweep_dir: Path, runs: list[dict[str, Any]], bench: Any = None, dataset: str = "cifar10",
+              split: str = "test") -> str:
+    """Accuracy vs cost of a sweep's points with a budget: a Markdown table (``budget.md``) and a plot
+    (``budget.png``); with an NB201 benchmark, each point's looked-up accuracy beside the benchmark's own
+    Pareto front over every cell (costs from the run's cost table, exact for MACs and params)."""
+    from sldarts.spaces.nb201 import OPS, parse_arch
+
+    pts = [r for r in runs if r["result"].get("budget")]
+    if not pts:
+        return ""
+    kind = pts[0]["result"]["budget"]["cost"]
+    pts = [r for r in pts if r["result"]["budget"]["cost"] == kind]
+    front: list[tuple[float, float, str]] = []
+    cloud: list[tuple[float, float, str]] = []
+    table_file = Path(sweep_dir) / pts[0]["dir"] / "cost_table.json"
+    acc_name = "supernet valid acc"
+    if bench is not None and pts[0]["result"].get("space") == "nb201" and table_file.exists():
+        predict = predictor(json.loads(table_file.read_text()))
+        for arch in bench.archs():
+            acc = bench.query(arch)[dataset][split]
+            if acc is not None:
+                cloud.append((predict({"cell": [OPS.index(o) for o in parse_arch(arch)]}), acc, arch))
+        front = pareto(cloud)
+        acc_name = f"benchmark {dataset} {split}"
+    rows = []
+    for r in pts:
+        res, b = r["result"], r["result"]["budget"]
+        if bench is not None and acc_name.startswith("benchmark"):
+            acc = bench.query(res["arch"])[dataset][split]
+        else:
+            acc = 100.0 * res["valid_acc"] if res.get("valid_acc") is not None else None
+        best = best_within(front, b["measured"]) if front else None
+        rows.append({"run": r["dir"], "target": b.get("target"), "weight": b.get("weight"), "cost": b["measured"],
+                     "expected": b["expected"], "met": b.get("met"), "acc": acc, "best": best,
+                     "arch": res.get(res.get("arch_key", "arch"))})
+    rows.sort(key=lambda x: x["cost"])
+    unit = UNITS[kind]
+    head = ["run", f"target ({unit})", f"derived cost ({unit})", f"expected ({unit})", "met", acc_name]
+    if front:
+        head += ["best benchmark cell at ≤ that cost", "gap"]
+    lines = [f"## Accuracy vs {kind}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for x in rows:
+        cells = [x["run"], fmt(kind, x["target"]) if x["target"] else "-", fmt(kind, x["cost"]),
+                 fmt(kind, x["expected"]), {True: "yes", False: "no", None: "-"}[x["met"]],
+                 f"{x['acc']:.2f}" if x["acc"] is not None else "-"]
+        if front:
+            best = x["best"]
+            cells += [f"{best[1]:.2f} ({fmt(kind, best[0])})" if best else "-",
+                      f"{best[1] - x['acc']:.2f}" if best and x["acc"] is not None else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if front:
+        lines += ["", f"Benchmark Pareto front ({len(cloud)} cells, {len(front)} on the front; costs from the run's "
+                  "cost table): " + ", ".join(f"{fmt(kind, c)} → {a:.2f}" for c, a, _ in front)]
+    md = "\n".join(lines)
+    _plot(Path(sweep_dir) / "budget.png", kind, rows, front, cloud, acc_name)
+    (Path(sweep_dir) / "budget.md").write_text(md + "\n")
+    return md
+
+
+def _plot(path: Path, kind: str, rows: list[dict[str, Any]], front: list, cloud: list, acc_name: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    scale, unit = (1e6, f"M {UNITS[kind]}") if kind != "latency" else (1.0, "ms")
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if cloud:
+        ax.scatter([c / scale for c, _, _ in cloud], [a for _, a, _ in cloud], s=2, c="0.8", label="all cells")
+        ax.step([c / scale for c, _, _ in front], [a for _, a, _ in front], where="post", c="k", lw=1,
+                label="benchmark Pareto front")
+    xs = [x["cost"] / scale for x in rows if x["acc"] is not None]
+    ys = [x["acc"] for x in rows if x["acc"] is not None]
+    ax.scatter(xs, ys, c="tab:red", s=30, zorder=3, label="searched (derived cell)")
+    for x in rows:
+        if x["target"] and x["acc"] is not None:
+            ax.axvline(x["target"] / scale, c="tab:red", lw=0.5, ls=":")
+    ax.set_xlabel(f"{kind} ({unit})")
+    ax.set_ylabel(f"{acc_name} (%)")
+    if cloud:
+        ax.set_ylim(max(min(a for _, a, _ in front) - 5, 0), max(a for _, a, _ in front) + 2)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
