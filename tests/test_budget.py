@@ -9,11 +9,12 @@ import userspace
 
 import sldarts
 from sldarts.activations import ACTIVATIONS
-from sldarts.budget import CostModel, CostOptions, count_macs_of, expected_cost, nb201_layout
+from sldarts.budget import CostModel, CostOptions, count_macs_of, darts_layout, expected_cost, nb201_layout
 from sldarts.config import load_config
 from sldarts.errors import SldartsError
-from sldarts.evaluate.complexity import complexity
+from sldarts.evaluate.complexity import complexity, count_params
 from sldarts.spaces import get_space
+from sldarts.spaces.darts import OPS as DARTS_OPNAMES
 from sldarts.spaces.nb201 import OPS
 from sldarts.spaces.ops import NB201_OPS
 
@@ -28,12 +29,14 @@ def test_expected_cost_gradient_matches_finite_differences(name):
     act = ACTIVATIONS.get(name)()
     g = torch.Generator().manual_seed(0)
     tables = {"a": torch.rand(3, 4, generator=g, dtype=torch.float64) * 100,
-              "b": torch.rand(1, 2, generator=g, dtype=torch.float64) * 10}
+              "b": torch.rand(1, 2, generator=g, dtype=torch.float64) * 10,
+              "d": torch.rand(5, 4, generator=g, dtype=torch.float64) * 10}  # DARTS-like: rows are edges
+    nodes = {"d": [(0, 2), (2, 5)]}  # edges into two nodes; the second keeps 2 of its 3 inputs
     alphas = {k: (torch.randn(t.shape, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
               for k, t in tables.items()}
 
     def f() -> torch.Tensor:
-        return expected_cost(tables, 7.0, {k: act(a) for k, a in alphas.items()})
+        return expected_cost(tables, 7.0, {k: act(a) for k, a in alphas.items()}, {"d": 0}, nodes)
 
     grads = torch.autograd.grad(f(), list(alphas.values()))
     eps = 1e-6
@@ -48,11 +51,20 @@ def test_expected_cost_gradient_matches_finite_differences(name):
                 assert float(grad.view(-1)[i]) == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-7)
     # one-hot weights: the expected cost is the derived architecture's
     onehot = {"a": torch.eye(4, dtype=torch.float64)[[0, 3, 1]], "b": torch.tensor([[0.0, 1.0]], dtype=torch.float64)}
+    tables.pop("d")
     want = 7.0 + float(tables["a"][0, 0] + tables["a"][1, 3] + tables["a"][2, 1] + tables["b"][0, 1])
     assert float(expected_cost(tables, 7.0, onehot)) == pytest.approx(want)
 
 
 def test_nb201_cost_tables_are_each_op_counted_alone_and_add_up_to_sldarts_complexity():
+    darts = get_space("darts")  # DARTS: the published CIFAR network (C=36, 20 cells) of a genotype, by edges
+    model = CostModel("params", darts_layout(darts, "cifar10"))
+    g = darts.parse("DARTS_V2")
+    idx = {k: [-1] * 14 for k in ("normal", "reduce")}
+    for k in idx:
+        for n, (op, src) in enumerate(g[k]):
+            idx[k][[0, 2, 5, 9][n // 2] + src] = DARTS_OPNAMES.index(op)
+    assert model.predict(idx) == count_params(darts.eval_network(g, 10, 3)) == 3349342  # sldarts complexity's count
     space = get_space("nb201")
     archs = ["|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
              "|none~0|+|avg_pool_3x3~0|nor_conv_1x1~1|+|skip_connect~0|none~1|nor_conv_1x1~2|"]

@@ -224,16 +224,35 @@ class LatencyTable:
                 + (f", reused {self.reused}" if self.reused else "") + f"; written to {self.path}")
 
 
-def expected_cost(tables: dict[str, Tensor], base: float, activated: dict[str, Tensor]) -> Tensor:
+KEEP = 2  # DARTS's edge selection: inputs kept per node
+
+
+def expected_cost(tables: dict[str, Tensor], base: float, activated: dict[str, Tensor],
+                  exclude: dict[str, int | None] | None = None,
+                  nodes: dict[str, list[tuple[int, int]]] | None = None) -> Tensor:
     """``base`` + Σ over α keys and rows of the activated weights normalised over the row, ``w / Σ w``,
-    times the candidates' costs (rows of ``tables``); keys whose candidates cost nothing are skipped."""
+    times the candidates' costs (rows of ``tables``); ``exclude[key]``: a candidate derivation never picks
+    (left out of the normalisation). ``nodes[key]``: row ranges [a, b) of the edges entering one node, of
+    which DARTS keeps the 2 whose strongest candidate is largest; each row's cost is then weighted by
+    ``min(1, 2 m_i / Σ_node m)``, m_i its strongest weight (1 where a node has only 2 inputs)."""
     total = torch.tensor(base, dtype=torch.float64)
     for k, table in tables.items():
         if k not in activated or not bool(table.any()):
             continue
         w = activated[k].reshape(table.shape)
+        x = (exclude or {}).get(k)
+        if x is not None:
+            w = w * (torch.arange(table.shape[1], device=w.device) != x).to(w)
         p = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
-        total = total.to(p.device) + (p * table.to(p)).sum()
+        per_row = (p * table.to(p)).sum(-1)
+        groups = (nodes or {}).get(k)
+        if groups:
+            keep = []
+            for a, b in groups:
+                m = w[a:b].max(-1).values
+                keep.append(torch.ones_like(m) if b - a <= KEEP else (KEEP * m / m.sum().clamp_min(1e-12)).clamp(max=1))
+            per_row = per_row * torch.cat(keep)
+        total = total.to(per_row.device) + per_row.sum()
     return total
 
 
@@ -266,6 +285,9 @@ class Layout:
     names: dict[str, list[str]]
     where: str = ""  # what network the costs are of
     multi: dict[str, int] = field(default_factory=dict)  # key -> n_chosen of an input choice (cost-free rows)
+    nodes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # DARTS: edges into each node
+    never: bool = False  # the excluded candidate is never derived, whatever the rule (DARTS's none)
+    reference: dict[str, list[int]] | None = None  # the architecture the base is measured on (default: first)
 
 
 class CostModel:
@@ -286,7 +308,7 @@ class CostModel:
             self.tables[e.key][e.row, e.k] += e.mult * c
             self.positions.append({"key": e.key, "row": e.row, "candidate": layout.names[e.key][e.k],
                                    "where": e.where, "count": e.mult, "cost": c})
-        first = {k: [0] * r for k, (r, _) in layout.shapes.items()}
+        first = layout.reference or {k: [0] * r for k, (r, _) in layout.shapes.items()}
         self.base = self.whole(layout.arch_of(first)) - self.predict(first, with_base=False)
         if self.latency is not None:
             self.latency.save()
@@ -311,37 +333,49 @@ class CostModel:
 
     # the additive model
     def predict(self, choice: dict[str, list[int]], with_base: bool = True) -> float:
-        """Cost of the architecture that picks candidate ``choice[key][row]`` at each row."""
-        s = sum(float(self.tables[k][r, i]) for k, idx in choice.items() for r, i in enumerate(idx))
+        """Cost of the architecture that picks candidate ``choice[key][row]`` at each row (-1: an edge
+        DARTS's edge selection drops)."""
+        s = sum(float(self.tables[k][r, i]) for k, idx in choice.items() for r, i in enumerate(idx) if i >= 0)
         return s + (self.base if with_base else 0.0)
 
-    def expected(self, activated: dict[str, Tensor]) -> Tensor:
+    def _excluded(self, rule: str) -> dict[str, int | None]:
+        on = rule == "argmax-no-none" or self.layout.never
+        return {k: x for k, x in self.layout.exclude.items() if on and x is not None}
+
+    def expected(self, activated: dict[str, Tensor], rule: str = "argmax") -> Tensor:
         """The expected cost under activated α (:func:`expected_cost`), differentiable in α."""
-        return expected_cost(self.tables, self.base, activated)
+        return expected_cost(self.tables, self.base, activated, self._excluded(rule), self.layout.nodes)
+
+    def _pick(self, scores: dict[str, Tensor], rule: str, low: bool) -> dict[str, list[int]]:
+        """Per row the best candidate by ``scores`` (highest, or lowest with ``low``; first on ties), never
+        an excluded one; with node groups, only the 2 best rows of each node are kept (the rest -1)."""
+        out = {}
+        sign = -1.0 if low else 1.0
+        for k, table in self.tables.items():
+            v = sign * scores[k].detach().reshape(table.shape).double().cpu().clone()
+            x = self._excluded(rule).get(k)
+            if x is not None:
+                v[:, x] = -float("inf")
+            best, pick = v.max(-1)
+            row = [int(i) for i in pick]
+            for a, b in self.layout.nodes.get(k, []):
+                order = sorted(range(a, b), key=lambda r: -float(best[r]))
+                for r in order[KEEP:]:
+                    row[r] = -1
+            out[k] = row
+        return out
 
     def choice(self, activated: dict[str, Tensor], rule: str = "argmax") -> dict[str, list[int]]:
-        """The candidate derivation picks at each row (argmax, first on ties; under ``argmax-no-none``
-        never the ``none`` candidate)."""
-        out = {}
-        for k, table in self.tables.items():
-            w = activated[k].detach().reshape(table.shape).float().cpu().clone()
-            if rule == "argmax-no-none" and self.layout.exclude.get(k) is not None:
-                w[:, self.layout.exclude[k]] = -float("inf")
-            out[k] = [int(i) for i in w.argmax(-1)]
-        return out
+        """What derivation picks from activated α (argmax, first on ties; under ``argmax-no-none`` never
+        ``none``; DARTS: the 2 inputs of each node whose strongest candidate is largest)."""
+        return self._pick(activated, rule, low=False)
 
     def smallest(self, rule: str = "argmax") -> float:
         """The cost of the cheapest architecture of the space (every decision at its cheapest candidate)."""
-        cheapest = {}
-        for k, table in self.tables.items():
-            t = table.clone()
-            if rule == "argmax-no-none" and self.layout.exclude.get(k) is not None:
-                t[:, self.layout.exclude[k]] = float("inf")
-            cheapest[k] = [int(i) for i in t.argmin(-1)]
-        return self.predict(cheapest)
+        return self.predict(self._pick(self.tables, rule, low=True))
 
     def largest(self) -> float:
-        return self.predict({k: [int(i) for i in t.argmax(-1)] for k, t in self.tables.items()})
+        return self.predict(self._pick(self.tables, "argmax", low=False))
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"cost": self.kind, "unit": UNITS[self.kind], "network": self.layout.where,
@@ -385,12 +419,12 @@ class CostTerm:
         """The deterministic activated α (what derivation reads), with its graph."""
         return {k: supernet.activation(a) for k, a in supernet.arch.items()}
 
-    def expected(self, supernet: nn.Module) -> Tensor:
-        return self.model.expected(self.activated(supernet))
-
     def derived(self, supernet: nn.Module) -> float:
         with torch.no_grad():
             return self.model.predict(self.model.choice(self.activated(supernet), self.rule))
+
+    def expected(self, supernet: nn.Module) -> Tensor:
+        return self.model.expected(self.activated(supernet), self.rule)
 
     def loss(self, supernet: nn.Module) -> Tensor | None:
         o = self.o
@@ -477,6 +511,67 @@ def nb201_layout(space: Any, dataset: str) -> Layout:
                   names={"cell": list(OPS)}, where=f"NB201 evaluation network on {dataset}")
 
 
+def darts_layout(space: Any, dataset: str) -> Layout:
+    """DARTS: each op on each edge of each cell of the published evaluation network on ``dataset`` (C=36,
+    20 cells on CIFAR; C=48, 14 cells on ImageNet), counted alone at the shape that edge sees (stride 2 on
+    a reduction cell's edges from its inputs); ``none`` is never derived; each node keeps 2 inputs."""
+    from sldarts.data import DATASETS
+    from sldarts.spaces.darts import OPS, STEPS, make_genotype
+    from sldarts.spaces.ops import DARTS_OPS
+
+    spec = DATASETS[dataset]
+    groups, a = [], 0
+    for i in range(STEPS):
+        groups.append((a, a + 2 + i))
+        a += 2 + i
+    keys = ("normal", "reduce")
+    reference = {k: [1 if r - ga < KEEP else -1 for ga, gb in groups for r in range(ga, gb)] for k in keys}
+
+    def arch_of(idx: dict[str, list[int]]) -> Any:
+        cells = [[[OPS[idx[k][r]], r - ga] for ga, gb in groups for r in range(ga, gb) if idx[k][r] >= 0]
+                 for k in keys]
+        return make_genotype(*cells)
+
+    def network(arch: Any) -> nn.Module:
+        return space.eval_network(arch, spec.num_classes, spec.in_channels, dataset=dataset)
+
+    sample = (spec.in_channels, spec.side, spec.side)
+    net = network(arch_of(reference))
+    h = w = spec.side  # shapes by the strides of the stem and of the reduction cells (no forward pass)
+    stems = [m for stem in (net.stem0, net.stem1) if stem is not None for m in stem.modules()]
+    for m in stems:
+        if isinstance(m, nn.Conv2d) and m.stride[0] == 2:
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    seen: list[tuple[bool, tuple]] = []
+    for cell in net.cells:
+        c = next(m for m in cell.pre1.modules() if isinstance(m, nn.Conv2d)).out_channels
+        seen.append((cell.reduction, (1, c, h, w)))
+        if cell.reduction:
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    ops: dict[tuple, nn.Module] = {}
+    inputs: dict[tuple, tuple] = {}
+    entries = []
+    for ci, (red, (_, c, h, w)) in enumerate(seen):
+        key = "reduce" if red else "normal"
+        for ga, gb in groups:
+            for r in range(ga, gb):
+                j = r - ga
+                stride = 2 if red and j < KEEP else 1
+                hi, wi = (h // 2, w // 2) if red and j >= KEEP else (h, w)
+                x = inputs.setdefault((c, hi, wi), (torch.zeros(1, c, hi, wi),))
+                for k, name in enumerate(OPS):
+                    if name == "none":
+                        continue
+                    if (name, c, stride) not in ops:  # one module per op and shape: counted once
+                        ops[(name, c, stride)] = DARTS_OPS[name](c, stride, True, True)
+                    entries.append(Entry(key, r, k, ops[(name, c, stride)], x, 1,
+                                         f"cell {ci} ({key}, {c} ch, {hi}x{wi})"))
+    return Layout({k: (a, len(OPS)) for k in keys}, entries, arch_of=arch_of, network=network, sample=sample,
+                  exclude={k: OPS.index("none") for k in keys}, names={k: list(OPS) for k in keys},
+                  where=f"DARTS evaluation network on {dataset}", nodes={k: groups for k in keys}, never=True,
+                  reference=reference)
+
+
 def _record_inputs(seen: dict[int, tuple], ident: int, module: nn.Module, args: tuple) -> None:
     if ident not in seen:
         seen[ident] = tuple(a.detach().cpu().clone() if isinstance(a, Tensor) else a for a in args)
@@ -537,6 +632,7 @@ def choice_layout(space: Any, supernet: Any, num_classes: int, in_channels: int,
 def cost_model(options: CostOptions, space: Any, supernet: Any, cfg_dataset: str, num_classes: int,
                in_channels: int, sample: tuple[int, ...]) -> CostModel:
     """The cost model of a search: NB201 (at the data set ``sldarts complexity`` counts) or a Choice model."""
+    from sldarts.spaces.darts import DartsSpace
     from sldarts.spaces.model import ModelSpace
     from sldarts.spaces.nb201 import NB201Space
 
@@ -545,10 +641,12 @@ def cost_model(options: CostOptions, space: Any, supernet: Any, cfg_dataset: str
         check_device(options.cost_device)
     if isinstance(space, NB201Space):
         layout = nb201_layout(space, space.complexity_dataset(cfg_dataset))
+    elif isinstance(space, DartsSpace):
+        layout = darts_layout(space, space.complexity_dataset(cfg_dataset))
     elif isinstance(space, ModelSpace):
         layout = choice_layout(space, supernet, num_classes, in_channels, sample)
     else:
-        raise SldartsError(f"cost={options.cost} is available on the nb201 space and on Choice models; the "
+        raise SldartsError(f"cost={options.cost} is available on the nb201 and darts spaces and on Choice models; the "
                            f"{space.name} space has no cost model yet")
     return CostModel(options.cost, layout, options)
 
@@ -558,7 +656,8 @@ def predictor(cost_table: dict[str, Any]) -> Callable[[dict[str, list[int]]], fl
     """The additive cost model of a run's ``cost_table.json``, without counting anything again."""
     tables = {k: torch.tensor(v, dtype=torch.float64) for k, v in cost_table["tables"].items()}
     base = float(cost_table["base"])
-    return lambda idx: base + sum(float(tables[k][r, i]) for k, row in idx.items() for r, i in enumerate(row))
+    return lambda idx: base + sum(float(tables[k][r, i]) for k, row in idx.items() for r, i in enumerate(row)
+                                  if i >= 0)
 
 
 def pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
