@@ -2,7 +2,7 @@
 evaluation network counted (MACs, params) or timed (latency, median of repeated runs), Spearman's rank
 correlation per cost kind.
 
-    python benchmarks/budget_correlation.py --cells 12 --repeats 30 --threads 1 --device cpu
+    python benchmarks/budget_correlation.py --cells 12 --repeats 30 --rounds 5 --threads 1 --device cpu
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import argparse
 import json
 import platform
 import random
+import statistics
 import tempfile
 import time
 
 import torch
 
-from sldarts.budget import CostModel, CostOptions, device_description, nb201_layout
+from sldarts.budget import CostModel, CostOptions, device_description, nb201_layout, time_module
 from sldarts.spaces import get_space
 from sldarts.spaces.nb201 import EDGES, OPS, format_arch
 
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5, help="latency: timed rounds over all cells (median)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dataset", default="cifar10")
     args = ap.parse_args()
@@ -65,7 +67,14 @@ def main() -> None:
                                cost_repeats=args.repeats, cost_cache=cache)
             model = CostModel(kind, nb201_layout(space, args.dataset), opts)
             pred = [model.predict({"cell": c}) for c in cells]
-            meas = [model.whole(a) for a in out["cells"]]
+            if kind == "latency":  # rounds over the cells, the median of rounds: drift on a shared machine
+                nets = [model.layout.network(a) for a in out["cells"]]  # is spread over every cell alike
+                x = (torch.zeros(1, *model.layout.sample),)
+                rounds = [[time_module(n, x, torch.device(args.device), args.repeats, args.threads) for n in nets]
+                          for _ in range(args.rounds)]
+                meas = [statistics.median(r[i] for r in rounds) for i in range(len(nets))]
+            else:
+                meas = [model.whole(a) for a in out["cells"]]
             rel = max(abs(p - m) / m for p, m in zip(pred, meas, strict=True))
             out["kinds"][kind] = {"spearman": round(spearman(pred, meas), 4), "max_rel_error": round(rel, 4),
                                   "predicted": pred, "measured": meas}
