@@ -756,8 +756,12 @@ def _plot(path: Path, kind: str, rows: list[dict[str, Any]], front: list, cloud:
             ax.axvline(x["target"] / scale, c="tab:red", lw=0.5, ls=":")
     ax.set_xlabel(f"{kind} ({unit})")
     ax.set_ylabel(f"{acc_name} (%)")
+    for x in rows:
+        if x["acc"] is not None:
+            label = f"T={fmt(kind, x['target'])}" if x["target"] else "no target"
+            ax.annotate(label, (x["cost"] / scale, x["acc"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if cloud:
-        ax.set_ylim(max(min(a for _, a, _ in front) - 5, 0), max(a for _, a, _ in front) + 2)
+        ax.set_ylim(max(min([a for _, a, _ in front] + [y - 3 for y in ys]) - 5, 0), max(a for _, a, _ in front) + 2)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
