@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from sldarts.budget import CostOptions, check_options
+from sldarts.budget_options import CostOptions, check_options
 from sldarts.errors import SldartsError
 
 ARCH_DATA = ("valid", "train")
