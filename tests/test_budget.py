@@ -100,6 +100,9 @@ def test_a_params_target_well_below_the_unconstrained_result_is_met_on_nb201_and
         assert b["target"] == 250000 and b["unit"] == "params" and b["multiplier"] > 0
     rows = [json.loads(line) for line in open(tmp_path / "nb_bound" / "metrics.jsonl")]
     assert all("expected_cost" in r and "derived_cost" in r for r in rows)
+    # the multiplier is in the checkpoint, so a resumed run continues it exactly
+    saved = torch.load(tmp_path / "nb_bound" / "checkpoint.pt", weights_only=True)["cost"]["multiplier"]
+    assert saved == rows[-1]["cost_multiplier"] == bound["budget"]["multiplier"]
     table = json.loads((tmp_path / "nb_bound" / "cost_table.json").read_text())
     assert table["network"] == "NB201 evaluation network on cifar10" and table["base"] == 73306
 
