@@ -281,7 +281,7 @@ class CostModel:
 
     def whole(self, arch: Any) -> float:
         """The cost of an architecture's network counted (or timed) as a whole."""
-        net = self.layout.network(arch)
+        net = self.layout.network(arch).cpu()  # a fixed user model is a copy of one that may be on a GPU
         x = (torch.zeros(1, *self.layout.sample),)
         if self.latency is not None:
             x = self.latency.batched(x)
