@@ -12,7 +12,12 @@ import sldarts
 from sldarts.activations import Dirichlet, Gumbel
 from sldarts.config import METHODS, SearchConfig, load_config
 from sldarts.errors import SldartsError
-from sldarts.spaces.base import MethodParts, MixedOp, channel_shuffle
+from sldarts.methods import Method
+from sldarts.methods.dartsminus import AuxSkip
+from sldarts.methods.fairdarts import ZeroOne
+from sldarts.methods.pcdarts import EdgeNorm, PartialChannels
+from sldarts.methods.samplers import SigmoidSampler, SoftmaxSampler
+from sldarts.spaces.base import MixedOp, channel_shuffle
 from sldarts.spaces.darts import OPS as DOPS
 from sldarts.spaces.darts import DartsSupernet
 from sldarts.spaces.nb201 import NB201Supernet, SearchCell
@@ -88,7 +93,8 @@ def test_drnas_kl_matches_the_closed_form_and_eval_uses_the_mean():
 def test_partial_channels_shape_shuffle_bypass_and_parameters():
     x = torch.arange(8.0).view(1, 8, 1, 1).expand(2, 8, 4, 4).contiguous()
     assert channel_shuffle(x, 4)[0, :, 0, 0].tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
-    cell = SearchCell(8, True, MethodParts(partial=4))
+    cell = SearchCell(8, True)
+    PartialChannels(PartialChannels.Options(4)).adapt(cell)
     m = cell.edges[0]
     w = torch.zeros(5)  # the mixed ops contribute nothing: what is left is the shuffled bypass
     out = m(x, w)
@@ -98,12 +104,15 @@ def test_partial_channels_shape_shuffle_bypass_and_parameters():
     assert sum(p.numel() for p in cell.parameters()) == 6 * ((4 + 2) + (36 + 2))
     full = SearchCell(8, True)
     assert sum(p.numel() for p in full.parameters()) == 6 * ((64 + 8) + (576 + 8))
-    red = DartsSupernet(8, 3, parts=MethodParts(partial=4), impl="reference").cells[1].edges[0]
+    red = DartsSupernet(8, 3, impl="reference")
+    PartialChannels(PartialChannels.Options(4)).adapt(red)
+    red = red.cells[1].edges[0]
     assert red(torch.randn(2, 16, 8, 8), torch.full((8,), 0.125)).shape == (2, 16, 4, 4)  # stride 2: pooled bypass
 
 
 def test_edge_normalised_derivation_on_hand_made_alpha_and_beta():
-    net = DartsSupernet(4, 3, parts=MethodParts(edge_norm=True), impl="reference")
+    net = DartsSupernet(4, 3, impl="reference")
+    EdgeNorm().adapt(net)
     with torch.no_grad():
         for key in ("normal", "reduce"):
             net.arch[key].zero_()
@@ -128,19 +137,22 @@ def test_fairdarts_zero_one_loss_value():
     with torch.no_grad():
         net.arch["cell"].copy_(torch.linspace(-3, 3, 30).view(6, 5))
     w_opt, a_opt = make_optimizers(net, SearchConfig())
-    strat = SingleLevel(net, net, w_opt, a_opt, zero_one_weight=10.0)
+    method = Method("fairdarts", "single", 1, [SigmoidSampler(), ZeroOne(ZeroOne.Options(10.0))])
+    strat = SingleLevel(net, net, w_opt, a_opt, method=method)
     s = torch.sigmoid(torch.linspace(-3, 3, 30))
     assert strat.arch_regularizer().item() == pytest.approx(-10 * ((s - 0.5) ** 2).mean().item(), rel=1e-6)
     assert SingleLevel(net, net, w_opt, a_opt).arch_regularizer() is None
 
 
 def test_darts_minus_auxiliary_skip_coefficient_per_epoch():
-    net = NB201Supernet(4, 1, impl="reference", parts=MethodParts(aux_skip=True))
+    net = NB201Supernet(4, 1, impl="reference")
+    method = Method("darts-minus", "bilevel", 1, [SoftmaxSampler(), AuxSkip(AuxSkip.Options(True))])
+    method.apply(net)
     edges = [m for m in net.modules() if isinstance(m, MixedOp)]
     for epoch, expected in [(0, 1.0), (1, 0.9), (5, 0.5), (9, 0.1)]:
-        net.set_progress(epoch, 10)
+        method.on_epoch(epoch, 10)
         assert all(m.aux_coef == pytest.approx(expected) for m in edges)
-    net.set_progress(5, 10)
+    method.on_epoch(5, 10)
     x = torch.randn(2, 4, 5, 5)
     assert torch.allclose(edges[0](x, torch.zeros(5)), 0.5 * x)  # outside the weights: a scaled skip
 
@@ -196,7 +208,8 @@ def test_every_preset_runs_on_both_spaces(tmp_path, method, space, cells):
     assert sldarts.config.load_config(tmp_path / "r" / "config.yaml").method == method
     arch = get_arch(space, res[key])
     assert arch and 0 <= res["param_free_ratio"] <= 1
-    assert cfg["impl"] == ("fused" if method in ("single-darts", "darts", "drnas", "fairdarts") else "reference")
+    assert cfg["impl"] == ("fused" if method in ("single-darts", "darts", "drnas", "fairdarts", "betadarts", "sdarts")
+                           else "reference")
     if method == "rsps":
         assert res["rsps"]["samples"] == 5 and res["rsps"]["best_score"] >= res["rsps"]["mean_score"]
 

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sldarts.activations import Softmax
 from sldarts.nn import Choice, InputChoice
 from sldarts.spaces import CellGraph, SearchSpace, Supernet
+from sldarts.spaces.base import Decision, MixedOp, top_two
 
 C = 8  # channels
 
@@ -119,33 +121,50 @@ def no_choice(num_classes: int, in_channels: int) -> nn.Module:
 OPS = ("conv3", "skip", "pool")
 
 
+def chain_ops(c: int) -> dict[str, nn.Module]:
+    """The candidates of one chain layer on ``c`` channels (what partial channels rebuilds narrower)."""
+    return {"conv3": nn.Conv2d(c, c, 3, padding=1), "skip": nn.Identity(), "pool": nn.AvgPool2d(3, 1, 1)}
+
+
 class ChainSupernet(Supernet):
-    """``depth`` layers in a chain; every layer a softmax/sigmoid-weighted mix of OPS (one α row each)."""
+    """``depth`` layers in a chain; every layer a MixedOp of OPS (one α row each). It follows the whole
+    Supernet contract: α in ``self.arch``, edges that parts can wrap (``MixedOp`` with ``make``), derivation
+    from ``_activated()`` or given weights with the derive rule, uniform sampling for RSPS; it reads no
+    method key (the method's sampler and parts are applied after it is built)."""
 
     op_names = OPS
 
-    def __init__(self, depth: int, num_classes: int, in_channels: int, activation) -> None:
+    def __init__(self, depth: int, num_classes: int, in_channels: int, alpha_init: float | None = None) -> None:
         super().__init__()
-        self.activation = activation
+        self.activation = Softmax()
         self.stem = nn.Conv2d(in_channels, C, 3, padding=1)
-        self.layers = nn.ModuleList(
-            nn.ModuleList([conv(3), nn.Identity(), nn.AvgPool2d(3, 1, 1)]) for _ in range(depth))
+        self.layers = nn.ModuleList(MixedOp(chain_ops(C), channels=C, make=chain_ops) for _ in range(depth))
         self.head = nn.Linear(C, num_classes)
         self.arch = nn.ParameterDict({"chain": nn.Parameter(torch.empty(depth, len(OPS)))})
-        self.init_alphas()
+        self.init_alphas(alpha_init)
 
     def forward(self, x, weights=None, cell_weights=None):
         w = (weights or self.arch_weights())["chain"]
         x = F.relu(self.stem(x))
-        for row, ops in zip(w, self.layers, strict=True):
-            x = F.relu(sum(row[k] * op(x) for k, op in enumerate(ops)))
+        for row, op in zip(w, self.layers, strict=True):
+            x = F.relu(op(x, row))
         return self.head(x.mean((2, 3)))
 
-    def derive(self) -> list[str]:
-        return [OPS[int(k)] for k in self.arch_weights()["chain"].argmax(-1)]
+    def derive(self, rule: str = "argmax", weights=None) -> list[str]:
+        """The argmax op per layer (the chain has no `none` op, so both rules agree)."""
+        return [OPS[int(k)] for k in (weights or self._activated())["chain"].argmax(-1)]
+
+    def decisions(self, rule: str = "argmax", weights=None) -> list[Decision]:
+        w = (weights or self._activated())["chain"]
+        return [Decision(f"layer{i}", *top_two(row, OPS)) for i, row in enumerate(w)]
+
+    def sample_weights(self):
+        depth = self.arch["chain"].shape[0]
+        picks = torch.randint(len(OPS), (depth,))
+        return {"chain": torch.nn.functional.one_hot(picks, len(OPS)).float().to(self.arch["chain"].device)}
 
     def param_free_ratio(self, arch: list[str]) -> float:
-        return sum(op != "conv3" for op in arch) / len(arch)
+        return chain.param_free_ratio(arch)
 
 
 class ChainNet(nn.Module):
@@ -170,9 +189,7 @@ class ChainSpace(SearchSpace):
     default_cells = 3
 
     def supernet(self, cfg, num_classes, in_channels):
-        from sldarts.activations import get_activation
-
-        return ChainSupernet(self.num_cells(cfg.cells), num_classes, in_channels, get_activation(cfg.activation))
+        return ChainSupernet(self.num_cells(cfg.cells), num_classes, in_channels, cfg.alpha_init)
 
     def parse(self, value, source="architecture"):
         import json

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from sldarts.config import SearchConfig, load_config
-from sldarts.spaces import SPACES, build_supernet, get_space
+from sldarts.methods import build_supernet
+from sldarts.spaces import SPACES, get_space
 from sldarts.strategies import STRATEGIES, make_optimizers, make_strategy
 
 MODES = {name: dict(optim=cls.optim, order=cls.order) for name, cls in STRATEGIES.items()}
@@ -68,14 +69,15 @@ def _prepare(space: str, impl: str, mode: str, batch_size: int, device: torch.de
         cfg = SearchConfig(space=space, impl="fused" if impl == "generic" else impl, batch_size=batch_size,
                            channels=channels, cells=cells, **MODES[mode])
     torch.manual_seed(0)
-    model = build_supernet(cfg, 10, 3).to(device)
+    model, method = build_supernet(cfg, 10, 3)
+    model.to(device)
     x = torch.randn(batch_size, 3, image, image, device=device)
     fused = impl == "fused" or (impl.startswith("method:") and cfg.impl == "fused")
     layout = torch.channels_last if fused else torch.contiguous_format  # as we run / as the DARTS code
     model.to(memory_format=layout)
     x = x.contiguous(memory_format=layout)
     w_opt, a_opt = make_optimizers(model, cfg)
-    strat = make_strategy(cfg, model, model, w_opt, a_opt)
+    strat = make_strategy(cfg, model, model, w_opt, a_opt, method=method)
     y = torch.randint(0, 10, (batch_size,), device=device)
     xa, ya = torch.randn_like(x), y.flip(0)
 

@@ -42,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sldarts.budget_options import COST_KINDS, UNITS, CostOptions, check_cost, check_options
 from sldarts.errors import SldartsError
+from sldarts.methods import Part
 
 __all__ = ["COST_KINDS", "UNITS", "CostModel", "CostOptions", "CostTerm", "budget_line", "check_cost", "check_options",
            "cost_model", "darts_layout", "expected_cost", "nb201_layout", "choice_layout", "trade_off"]
@@ -355,11 +356,19 @@ def fmt(kind: str, value: float | None) -> str:
 
 
 # -- the loss part ----------------------------------------------------------------------------------
-class CostTerm:
-    """The cost as a loss part on α: ``loss(supernet)`` (added to the loss that updates α) and
-    ``on_epoch``; ``state_dict`` holds the multiplier, so a resumed run continues it exactly."""
+class CostTerm(Part):
+    """The cost as a loss part of the method (:mod:`sldarts.methods`): ``loss(supernet)`` (added to the loss
+    that updates α) and ``on_epoch``; ``state_dict`` holds the multiplier, so a resumed run continues it
+    exactly. Built by the search run once it has the supernet and the data's shape (the cost model counts
+    the network the user gets), then appended to the method's parts."""
+
+    name = "cost"
+    title = "cost term (search under a budget)"
+    Options = CostOptions
+    order = 40
 
     def __init__(self, model: CostModel, options: CostOptions, rule: str = "argmax") -> None:
+        super().__init__(options)
         self.model, self.o, self.rule = model, options, rule
         self.multiplier = 0.0
         self.scale = max(model.largest(), 1e-12)

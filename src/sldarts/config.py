@@ -195,6 +195,16 @@ class SearchConfig(RunOptions, CostOptions):
     aux_skip: bool = False  # DARTS-: auxiliary skip connection on every edge, coefficient 1 -> 0
     rsps_samples: int = field(default=100, metadata=_range(1))  # RSPS: architectures scored at the end
     rsps_batches: int = field(default=1, metadata=_range(1))  # RSPS: validation batches each is scored on
+    beta_weight: float = field(default=0.0, metadata={**_range(0), "help": "β-DARTS: final weight of the "
+                               "beta-decay loss mean(logsumexp α), growing linearly from 0 over the epochs"})
+    sdarts_epsilon: float = field(default=0.0, metadata={**_range(0, 1), "help": "SDARTS-RS: final bound of "
+                                  "the uniform noise on the weight step's op weights (0.03 -> it, linearly)"})
+    arch_warmup: int = field(default=0, metadata={**_range(0), "help": "epochs at the start in which α is not "
+                             "updated, only the weights (PC-DARTS's recipe: 15)"})
+    parts: str = field(default="", metadata={"help": "more method parts, comma-separated: registered names or "
+                       "import paths (pkg.mod:Part, file.py:Part); their options are keys too (docs/custom.md)"})
+    part_options: dict = field(default_factory=dict, metadata={
+        "help": "options of the parts named in `parts` (given as plain keys; checked when the search starts)"})
     margin_threshold: float = field(default=0.01, metadata=_range(0))  # below it a choice is "undecided"
     analysis: bool = False  # record gradient correlation, dL/dp and weights to analysis.jsonl
     analysis_every: int = field(default=10, metadata=_range(1))
@@ -208,16 +218,12 @@ class SearchConfig(RunOptions, CostOptions):
         self.validate()
         if self.lr is None:  # the space's default (the paper: 0.005 on NB201, 0.025 on DARTS)
             self.lr = self.search_space().default_lr if not self.space.startswith("<") else 0.025
-        if self.impl == "fused" and self.needs_reference:  # recorded in config.yaml as the one that runs
-            self.impl = "reference"
+        # set by sldarts.methods.resolve when a search starts: options of parts the run does not use,
+        # left out of config.yaml (it records what ran); resolve also sets impl to the cells that compute it
+        self._unused_keys: frozenset[str] = frozenset()
 
-    @property
-    def needs_reference(self) -> bool:
-        """Method parts the fused cells do not compute: they run on the reference (per-edge) cells."""
-        from sldarts.activations import ACTIVATIONS
-
-        return (self.partial_channels > 1 or self.edge_norm or self.aux_skip or self.optim == "rsps"
-                or ACTIVATIONS.get(self.activation).sparse)
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_dict().items() if k not in self._unused_keys}
 
     # -- derived values ---------------------------------------------------------------------
     def search_space(self):
@@ -267,6 +273,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "fairdarts": dict(optim="bilevel", order=1, activation="sigmoid", zero_one_weight=10.0),  # Chu et al., ECCV 2020
     "darts-minus": dict(optim="bilevel", order=1, activation="softmax", aux_skip=True),  # Chu et al., ICLR 2021
     "rsps": dict(optim="rsps"),  # Li & Talwalkar, UAI 2019
+    "betadarts": dict(optim="bilevel", order=1, activation="softmax", beta_weight=50.0),  # Ye et al., CVPR 2022
+    "sdarts": dict(optim="bilevel", order=1, activation="softmax", sdarts_epsilon=0.3),  # Chen & Hsieh, ICML 2020
 }
 
 
@@ -332,6 +340,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         elif kind is str:
             if isinstance(value, (str, int, float)) and not isinstance(value, bool):
                 return str(value)
+        elif kind is dict and isinstance(value, dict):
+            return value
     expected = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
     raise SldartsError(f"config: {name}={value!r} has the wrong type: expected {expected}")
 
@@ -377,7 +387,8 @@ def load_config(
 ) -> Any:
     """Defaults < base < YAML file < overrides; unknown keys get a 'did you mean'."""
     values: dict[str, Any] = dict(base or {})
-    defaults = {f.name: f.default for f in dataclasses.fields(schema)}
+    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+                for f in dataclasses.fields(schema)}
     explicit = {k for k, v in values.items() if defaults.get(k, object()) != v}
     if path is not None:
         values.update(read_yaml(path))
@@ -385,8 +396,11 @@ def load_config(
     values.update(overrides or {})
     explicit |= set(overrides or {})
     names = {f.name for f in dataclasses.fields(schema)}
-    for key in values:
-        if key not in names:
+    plugin = "part_options" in names and values.get("parts")  # a plug-in part's options: checked by its part
+    for key in list(values):
+        if key not in names and plugin:
+            values["part_options"] = {**(values.get("part_options") or {}), key: values.pop(key)}
+        elif key not in names:
             raise SldartsError(f"config: unknown key {key!r}{_suggest(key, names)}")
     if "method" in values:
         values = expand_method({**defaults, **values}, explicit)

@@ -14,12 +14,12 @@ import copy
 from torch import Tensor, nn
 
 from sldarts.errors import SldartsError
-from sldarts.spaces.ops import Zero
+from sldarts.mixing import Mixing, Zero
 
 __all__ = ["Choice", "InputChoice", "ChosenInputs", "Zero", "fix", "choices_of"]
 
 
-class Choice(nn.Module):
+class Choice(Mixing):
     """A mixed op over named candidates: ``sum_k w_k * candidate_k(x)``. Choices with the same ``label``
     share one decision (one α); each keeps its own candidate weights. A candidate without parameters counts
     as parameter-free (the paper's collapse signal). A :class:`Zero` candidate (the ``none`` op) adds
@@ -37,27 +37,17 @@ class Choice(nn.Module):
         self.candidates = nn.ModuleDict(candidates)
         self.label = label
         self.arch_weights: Tensor | None = None  # set by the search around each forward pass
-        self._live = [k for k, m in enumerate(candidates.values()) if not isinstance(m, Zero)] or [0]
-        self.hard = False  # one-hot weights (GDAS, RSPS): compute only the chosen candidate
+        self._init_mixing(list(self.candidates.values()))  # the mixing core MixedOp has too
 
     @property
     def names(self) -> list[str]:
         return list(self.candidates)
 
+    def candidate_modules(self) -> list[nn.Module]:
+        return list(self.candidates.values())
+
     def forward(self, *args, **kwargs) -> Tensor:
-        w = self.arch_weights
-        n = len(self.candidates)
-        ops = list(self.candidates.values())
-        if self.hard and w is not None:  # as GDAS: the others' weights (zero in value) still pass gradient
-            k = int(w.argmax())
-            return w[k] * ops[k](*args, **kwargs) + (w.sum() - w[k])
-        out = None
-        for k in self._live:
-            y = ops[k](*args, **kwargs)
-            y = y / n if w is None else w[k] * y
-            out = y if out is None else out + y
-        assert out is not None
-        return out
+        return self.mixed(self.arch_weights, *args, **kwargs)
 
 
 class InputChoice(nn.Module):

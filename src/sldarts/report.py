@@ -37,6 +37,22 @@ PAPER_TABLE3: dict[str, tuple[str, ...]] = {
 }
 PAPER_COLUMNS = [f"{NAMES[d]} {s}" for d in BENCHMARK_SETS for s in SPLITS]
 
+# Search settings of each method's own code where a run may differ (docs/methods.md, "differs from the
+# original"): a row whose runs set other values is marked, since the published numbers stand beside it.
+ORIGINAL: dict[str, dict[str, Any]] = {
+    "gdas": {"epochs": 250},  # AutoDL-Projects' NB201 GDAS config
+    "drnas": {"epochs": 100},  # DrNAS 201-space/train_search.py
+    "pcdarts": {"batch_size": 256, "lr": 0.1, "arch_lr": 6e-4, "arch_warmup": 15},  # PC-DARTS train_search.py
+    "betadarts": {"epochs": 100},  # its λ = 50·epoch/100 equals beta_weight·epoch/epochs only at 100 epochs
+}
+
+
+def differs(method: Any, configs: list[dict[str, Any]]) -> list[str]:
+    """``key=original`` for each recipe setting of ``method``'s own code that one of ``configs`` changes."""
+    original = ORIGINAL.get(str(method), {})
+    return [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in original.items()
+            if any(c.get(k) != v for c in configs)]
+
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     m = sum(values) / len(values)
@@ -91,6 +107,7 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[str], list[str], list[di
     for key, members in groups.items():
         row: dict[str, Any] = {k: json.loads(v) for k, v in zip(varying, key, strict=True)}
         row["seeds"] = sorted(m["config"].get("seed") for m in members)
+        row["differs"] = differs(row.get("method"), [m["config"] for m in members]) if "method" in row else []
         row["cells"] = cell_counts(members)
         for c in columns:
             vals = [metrics(m["result"]).get(c) for m in members]
@@ -135,10 +152,14 @@ def markdown(varying: list[str], columns: list[str], rows: list[dict[str, Any]])
         if cell not in modal:
             modal.append(cell)
         published = PAPER_TABLE3.get(str(r.get("method")))
-        cells = ([str(r[k]) for k in varying] + [_cell(r[c], dec(c)) for c in columns]
+        mark = {"method": f"{r['method']} *"} if r.get("differs") else {}
+        cells = ([mark.get(k, str(r[k])) for k in varying] + [_cell(r[c], dec(c)) for c in columns]
                  + [published[PAPER_COLUMNS.index(c)] if published else "-" for c in paper]
                  + [str(n), str(len(r["cells"])), f"C{modal.index(cell) + 1} ({found}/{n} seeds)"])
         lines.append("| " + " | ".join(cells) + " |")
+    marked = [f"{r['method']} ({', '.join(r['differs'])} in its own code)" for r in rows if r.get("differs")]
+    if marked:
+        lines += ["", "\\* differs from the method's original search recipe (docs/methods.md): " + "; ".join(marked)]
     lines += ["", "Modal cells:"] + [f"- C{i + 1}: `{c}`" for i, c in enumerate(modal)]
     return "\n".join(lines)
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 import yaml
-from torch import Tensor
 
 from sldarts import checkpoint as ckpt
 from sldarts.distributed import all_sum, barrier, broadcast_buffers, setup
@@ -28,30 +27,10 @@ from sldarts.errors import SldartsError
 from sldarts.loggers import Loggers, flatten
 from sldarts.progress import Progress
 from sldarts.rundir import append_line, prepare_run_dir, read_metrics
+from sldarts.steps import StepOutput, all_finite, skipped_step  # noqa: F401 (what a step reports)
 
 __all__ = ["EpochRun", "StepOutput", "StopSignal", "Stop", "accuracy", "all_finite", "autocast_for",
            "read_metrics", "skipped_step"]
-
-
-@dataclass
-class StepOutput:
-    """What one training step reports to the loop."""
-
-    loss: Tensor  # detached scalar, on the device (no host sync)
-    correct: Tensor  # detached count of correct top-1 predictions
-    count: int
-    skipped: bool = False  # nan_policy=skip dropped this batch
-
-
-def all_finite(tensors) -> bool:
-    """One host sync: whether every given tensor (None entries ignored) is finite."""
-    flags = [torch.isfinite(t).all() for t in tensors if t is not None]
-    return bool(torch.stack(flags).all()) if flags else True
-
-
-def skipped_step(device: torch.device) -> StepOutput:
-    zero = torch.zeros((), device=device)
-    return StepOutput(zero, zero, 0, skipped=True)
 
 
 def autocast_for(amp: str, device: torch.device):

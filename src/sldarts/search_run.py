@@ -19,6 +19,7 @@ from sldarts.data import Cycle, SearchData, build_search_data
 from sldarts.decided import margins, note, stability
 from sldarts.errors import SldartsError
 from sldarts.lookup import ENV, open_benchmark
+from sldarts.methods import Method, resolve
 from sldarts.run import EpochRun, accuracy, autocast_for
 from sldarts.rundir import read_metrics
 from sldarts.spaces import SearchSpace, Supernet
@@ -36,6 +37,7 @@ class SearchRun(EpochRun):
         """``model``: a user network with sldarts.nn choices (else ``cfg.space`` builds the supernet);
         ``train_data``/``valid_data``: map-style datasets (else ``cfg.dataset`` names the data)."""
         self._user_model, self._train_data, self._valid_data = model, train_data, valid_data
+        self.method: Method = resolve(cfg)  # before the run directory: config.yaml records what runs
         super().__init__(cfg)
 
     def default_dir(self) -> Path:
@@ -54,8 +56,8 @@ class SearchRun(EpochRun):
             self.space: SearchSpace = ModelSpace(lambda num_classes, in_channels: model, cfg.space)
         else:
             self.space = cfg.search_space()
-        self.model: Supernet = self.space.supernet(cfg, info.num_classes, info.in_channels)
-        self.cost = self._cost_term()  # counted on the CPU copy, before the model moves
+        self.model: Supernet = self.method.apply(self.space.supernet(cfg, info.num_classes, info.in_channels))
+        self.cost = self._cost_term()  # counted on the CPU copy, before the model moves; a loss part of the method
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -68,12 +70,11 @@ class SearchRun(EpochRun):
             # sampling methods (GDAS, RSPS) leave the unchosen ops' weights unused in a step
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=cfg.needs_reference and (cfg.optim == "rsps" or self.model.activation.sparse))
+                find_unused_parameters=self.method.sparse)
         self.w_opt, self.a_opt = make_optimizers(self.model, cfg)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=min(cfg.lr_min, cfg.lr))
         self.strategy = make_strategy(cfg, self.model, self.net, self.w_opt, self.a_opt,
-                                      autocast_for(cfg.amp, self.device))
-        self.strategy.cost_term = self.cost
+                                      autocast_for(cfg.amp, self.device), method=self.method)
         self._arch_batch = None
         self.probe = None
         if cfg.analysis and self.dist.main:
@@ -103,7 +104,9 @@ class SearchRun(EpochRun):
             ckpt.atomic_write_text(self.out / "cost_table.json", json.dumps(model.describe(), indent=1) + "\n")
             if model.latency is not None:
                 self.progress.message(model.latency.note())
-        return CostTerm(model, options, cfg.derive)
+        term = CostTerm(model, options, cfg.derive)
+        self.method.parts.append(term)  # one more loss part: the strategy adds its loss, on_epoch is called
+        return term
 
     def stateful(self) -> dict[str, Any]:
         out = {"model": self.model, "w_opt": self.w_opt, "a_opt": self.a_opt, "sched": self.sched}
@@ -124,9 +127,7 @@ class SearchRun(EpochRun):
             self.probe.truncate(self.epoch * len(self.train_loader) + self.step_in_epoch)
 
     def begin_epoch(self, global_step: int) -> None:
-        self.model.set_progress(self.epoch, self.cfg.epochs)  # GDAS's temperature, DARTS-'s skip coefficient
-        if self.cost is not None:
-            self.cost.on_epoch(self.epoch, self.cfg.epochs)
+        self.method.on_epoch(self.epoch, self.cfg.epochs)  # GDAS's temperature, DARTS-'s skip coefficient, ...
         # α batches are positioned by the global step, so a resumed run draws the same ones.
         self._arch_batch = Cycle(self.data.arch, global_step).__next__ if self.data.arch is not None else None
         self._gstep = global_step
@@ -140,6 +141,7 @@ class SearchRun(EpochRun):
             if a is not None:
                 arch_batch = lambda: a  # noqa: E731
         self._gstep += 1
+        self.method.on_step(self.step_in_epoch, len(self.train_loader))
         return self.strategy.step(x, y, arch_batch)
 
     def params_finite(self) -> bool:
@@ -149,14 +151,12 @@ class SearchRun(EpochRun):
         rule = self.cfg.derive
         return self.model.derive() if rule == "argmax" else self.model.derive(rule)
 
-    def _rsps_select(self) -> tuple[Any, dict[str, Any]]:
+    def _select(self, selector) -> tuple[Any, dict[str, Any]]:
         """RSPS: the best of rsps_samples uniformly drawn architectures on the first rsps_batches
         validation batches (the same batches for every one), drawn with the run's seed."""
         batches = [b for _, b in zip(range(self.cfg.rsps_batches), self.data.eval.epoch(0), strict=False)]
-        weights, scores = self.strategy.select(batches, self.cfg.rsps_samples, self.cfg.seed)
-        arch = self.model.derive("argmax", weights=weights)
-        return arch, {"rsps": {"samples": len(scores), "best_score": max(scores),
-                               "mean_score": sum(scores) / len(scores)}}
+        weights, extra = selector.select(self.model, batches, self.cfg.seed)
+        return self.model.derive("argmax", weights=weights), extra
 
     def _decisions(self) -> list[Decision] | None:
         try:
@@ -197,7 +197,8 @@ class SearchRun(EpochRun):
 
     def result(self, seconds: float, last: dict[str, Any] | None) -> dict[str, Any]:
         cfg = self.cfg
-        arch, extra = self._rsps_select() if cfg.optim == "rsps" else (self._derive(), {})
+        selector = self.method.selector
+        arch, extra = self._select(selector) if selector is not None else (self._derive(), {})
         ratio = self.model.param_free_ratio(arch)
         out: dict[str, Any] = {"space": cfg.space, "arch_key": self.space.arch_key, self.space.arch_key: arch,
                                "param_free_ratio": ratio, "derive": cfg.derive, **extra,
@@ -205,7 +206,7 @@ class SearchRun(EpochRun):
                                "seconds": round(seconds, 1), "input": self.data.input_spec()}
         if self.benchmark is not None:
             out["benchmark"] = self.benchmark.query(arch)
-        decisions = self._decisions() if cfg.optim != "rsps" else None  # RSPS decides by scores, not α
+        decisions = self._decisions() if selector is None else None  # RSPS decides by scores, not α
         if decisions is not None:
             out.update(margins(decisions))
         if self.dist.main:

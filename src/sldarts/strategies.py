@@ -1,7 +1,8 @@
 """Optimisation strategies: how one training step updates w and α.
 
 A strategy sees only ``model.weights()``, ``model.alphas()``, the two optimisers, a loss and batches;
-it knows nothing of a space's internals. ``net`` is the model as called (possibly DDP-wrapped).
+it knows nothing of a space's internals. ``net`` is the model as called (possibly DDP-wrapped). The
+method (:mod:`sldarts.methods`) adds its loss terms on α and, for SDARTS, the weight step's op weights.
 
 - :class:`SingleLevel` (the paper): one batch, one forward, one backward, then both optimisers step.
 - :class:`FirstOrder` (DARTS 1st order): α step on an α-batch, then a w step on the training batch.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -22,8 +23,11 @@ from torch.func import functional_call
 
 from sldarts.errors import SldartsError
 from sldarts.registry import Registry
-from sldarts.run import StepOutput, all_finite, skipped_step
 from sldarts.spaces.base import Supernet
+from sldarts.steps import StepOutput, all_finite, skipped_step
+
+if TYPE_CHECKING:
+    from sldarts.methods import Method
 
 Batch = tuple[Tensor, Tensor]
 
@@ -34,19 +38,19 @@ class Strategy:
     name = "base"
     optim = ""
     order = 1
+    needs_arch_batch = False  # α steps on batches of its own (the data layer then holds an α split)
 
     def __init__(self, model: Supernet, net: nn.Module, w_opt: torch.optim.Optimizer,
                  a_opt: torch.optim.Optimizer, *, grad_clip: float = 5.0,
                  autocast: Callable[[], AbstractContextManager] = nullcontext, skip_nonfinite: bool = False,
-                 zero_one_weight: float = 0.0) -> None:
+                 method: Method | None = None) -> None:
         self.model, self.net = model, net
         self.skip_nonfinite = skip_nonfinite
-        self.zero_one_weight = zero_one_weight
+        self.method = method
         self.w_opt, self.a_opt = w_opt, a_opt
         self.grad_clip = grad_clip
         self.autocast = autocast
         self.loss_fn = nn.CrossEntropyLoss()
-        self.cost_term: Any = None  # a loss part on α (sldarts.budget.CostTerm), set by the search run
 
     @classmethod
     def options(cls, cfg) -> dict:
@@ -54,22 +58,21 @@ class Strategy:
         return {}
 
     def arch_regularizer(self) -> Tensor | None:
-        """Terms added to the loss that updates α: the activation's (DrNAS's KL), FairDARTS's zero-one
-        loss, −w·mean((σ(α) − 0.5)²) over every α entry, which pushes each σ(α) towards 0 or 1, and the
-        cost term of a search under a budget."""
-        cost = self.cost_term.loss(self.model) if self.cost_term is not None else None  # sldarts.budget
-        terms = [t for t in (self.model.regularizer(), self._zero_one(), cost) if t is not None]
-        return sum(terms[1:], terms[0]) if terms else None
+        """The method's loss terms on α (DrNAS's KL, FairDARTS's zero-one loss, β-DARTS's ...), or None."""
+        return self.method.loss(self.model) if self.method is not None else None
 
-    def _zero_one(self) -> Tensor | None:
-        if self.zero_one_weight <= 0:
-            return None
-        s = torch.cat([torch.sigmoid(a).reshape(-1) for a in self.model.arch.values()])
-        return -self.zero_one_weight * ((s - 0.5) ** 2).mean()
+    def updates_alpha(self) -> bool:
+        """False while the method holds α still (an α warm-up): only the weights step."""
+        return self.method is None or self.method.updates_alpha()
 
-    def loss(self, x: Tensor, y: Tensor, net: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+    def smoothed(self) -> dict[str, Tensor] | None:
+        """Op weights the weight step uses instead of the activated α (SDARTS's random smoothing), or None."""
+        return self.method.weight_step_weights(self.model) if self.method is not None else None
+
+    def loss(self, x: Tensor, y: Tensor, net: nn.Module | None = None,
+             weights: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         with self.autocast():
-            logits = (net or self.net)(x)
+            logits = (net or self.net)(x) if weights is None else (net or self.net)(x, weights=weights)
         return self.loss_fn(logits.float(), y), logits
 
     def _bad(self, loss: Tensor, params) -> bool:
@@ -102,13 +105,27 @@ class SingleLevel(Strategy):
     def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
         self.w_opt.zero_grad(set_to_none=True)
         self.a_opt.zero_grad(set_to_none=True)
-        loss, logits = self.loss(x, y)
-        reg = self.arch_regularizer()  # depends on α alone: w's gradient is the loss's
-        (loss if reg is None else loss + reg).backward()
+        smooth = self.smoothed()
+        if smooth is not None:  # α's gradient from the clean weights, w's from the perturbed ones
+            loss_a, _ = self.loss(x, y, net=self.model)
+            reg = self.arch_regularizer()
+            alphas = self.model.alphas()
+            grads = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, torch.autograd.grad(
+                loss_a if reg is None else loss_a + reg, alphas, allow_unused=True), strict=True)]
+            _all_reduce_mean(grads)
+            loss, logits = self.loss(x, y, weights=smooth)
+            loss.backward()
+            for a, g in zip(alphas, grads, strict=True):
+                a.grad = g
+        else:
+            loss, logits = self.loss(x, y)
+            reg = self.arch_regularizer()  # depends on α alone: w's gradient is the loss's
+            (loss if reg is None else loss + reg).backward()
         if self._bad(loss, self.model.parameters()):
             return skipped_step(x.device)
         self._w_step()
-        self.a_opt.step()
+        if self.updates_alpha():
+            self.a_opt.step()
         return self._out(loss, logits, y)
 
 
@@ -128,6 +145,7 @@ class FirstOrder(Strategy):
 
     name = "bilevel1"
     optim = "bilevel"
+    needs_arch_batch = True
 
     def arch_grads(self, x: Tensor, y: Tensor) -> list[Tensor]:
         # Only α's gradient is needed: autograd.grad skips every weight-gradient kernel.
@@ -144,15 +162,18 @@ class FirstOrder(Strategy):
 
     def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
         assert arch_batch is not None, "bi-level needs an α batch"
+        if not self.updates_alpha():
+            return self._bilevel_step(None, x, y)
         xa, ya = arch_batch()
         return self._bilevel_step(self.arch_grads(xa, ya), x, y)
 
-    def _bilevel_step(self, arch_grads: list[Tensor], x: Tensor, y: Tensor) -> StepOutput:
-        if self.skip_nonfinite and not all_finite(arch_grads):
-            return skipped_step(x.device)
-        self._arch_step(arch_grads)
+    def _bilevel_step(self, arch_grads: list[Tensor] | None, x: Tensor, y: Tensor) -> StepOutput:
+        if arch_grads is not None:  # None: α held still this step
+            if self.skip_nonfinite and not all_finite(arch_grads):
+                return skipped_step(x.device)
+            self._arch_step(arch_grads)
         self.w_opt.zero_grad(set_to_none=True)
-        loss, logits = self.loss(x, y)
+        loss, logits = self.loss(x, y, weights=self.smoothed())
         loss.backward()
         self.a_opt.zero_grad(set_to_none=True)  # the w-step's α gradient is not used
         if self._bad(loss, self.model.weights()):
@@ -232,6 +253,8 @@ class SecondOrder(FirstOrder):
 
     def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
         assert arch_batch is not None, "bi-level needs an α batch"
+        if not self.updates_alpha():
+            return self._bilevel_step(None, x, y)
         xa, ya = arch_batch()
         grads = self.hypergradient(x, y, xa, ya)
         _all_reduce_mean(grads)
@@ -271,31 +294,35 @@ class RandomSampling(Strategy):
         self._w_step()
         return self._out(loss, logits, y)
 
-    @torch.no_grad()
     def select(self, batches: list[Batch], samples: int, seed: int) -> tuple[dict[str, Tensor], list[float]]:
-        """(the best of ``samples`` uniformly drawn architectures as one-hot weights, every one's accuracy),
-        each scored on the same ``batches`` with batch statistics (the shared running statistics belong to no
-        single architecture); BN buffers and the global RNG are left as they were."""
-        model = self.model
-        buffers = {n: b.clone() for n, b in model.named_buffers()}
-        was = model.training
-        model.train()
-        scores: list[float] = []
-        best: dict[str, Tensor] = {}
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                for _ in range(samples):
-                    w = model.sample_weights()
-                    hits = sum(int((model(x, weights=w).argmax(1) == y).sum()) for x, y in batches)
-                    scores.append(hits / max(sum(len(y) for _, y in batches), 1))
-                    if scores[-1] > max(scores[:-1], default=-1.0):
-                        best = w
-        finally:
-            for n, b in model.named_buffers():
-                b.copy_(buffers[n])
-            model.train(was)
-        return best, scores
+        return select_architecture(self.model, batches, samples, seed)
+
+
+@torch.no_grad()
+def select_architecture(model: Supernet, batches: list[tuple[Tensor, Tensor]], samples: int, seed: int
+           ) -> tuple[dict[str, Tensor], list[float]]:
+    """(the best of ``samples`` uniformly drawn architectures as one-hot weights, every one's accuracy),
+    each scored on the same ``batches`` with batch statistics (the shared running statistics belong to no
+    single architecture); BN buffers and the global RNG are left as they were."""
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    was = model.training
+    model.train()
+    scores: list[float] = []
+    best: dict[str, Tensor] = {}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for _ in range(samples):
+                w = model.sample_weights()
+                hits = sum(int((model(x, weights=w).argmax(1) == y).sum()) for x, y in batches)
+                scores.append(hits / max(sum(len(y) for _, y in batches), 1))
+                if scores[-1] > max(scores[:-1], default=-1.0):
+                    best = w
+    finally:
+        for n, b in model.named_buffers():
+            b.copy_(buffers[n])
+        model.train(was)
+    return best, scores
 
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", group="sldarts.strategies")
@@ -315,8 +342,9 @@ def strategy_class(optim: str, order: int) -> type[Strategy]:
     raise SldartsError(f"no strategy for optim={optim} order={order}")
 
 
-def make_strategy(cfg, model: Supernet, net: nn.Module, w_opt, a_opt, autocast=nullcontext) -> Strategy:
+def make_strategy(cfg, model: Supernet, net: nn.Module, w_opt, a_opt, autocast=nullcontext,
+                  method: Method | None = None) -> Strategy:
     kw: dict = dict(grad_clip=cfg.grad_clip, autocast=autocast, skip_nonfinite=cfg.nan_policy == "skip",
-                    zero_one_weight=cfg.zero_one_weight)
+                    method=method)
     cls = strategy_class(cfg.optim, cfg.order)
     return cls(model, net, w_opt, a_opt, **kw, **cls.options(cfg))

@@ -143,12 +143,19 @@ def _imagenet_folders(cfg) -> tuple[list, list, list, list, DatasetInfo]:
     return files, labels, [vfiles[i] for i in keep], [vlabels[i] for i in keep], info
 
 
+def _arch_batches(cfg: SearchConfig) -> bool:
+    """Whether the search's strategy steps α on batches of its own (bi-level): an α split is then held out."""
+    from sldarts.strategies import strategy_class
+
+    return strategy_class(cfg.optim, cfg.order).needs_arch_batch
+
+
 def split_indices(n: int, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray | None]:
     """Indices of the w-batches and α-batches (None: α uses the w data, in its own order)."""
     order = _fixed_order(n)
     if cfg.train_samples:
         order = order[:cfg.train_samples]
-    if cfg.optim == "bilevel" and cfg.arch_data == "valid":
+    if _arch_batches(cfg) and cfg.arch_data == "valid":
         cut = int(round(len(order) * cfg.train_portion))
         if cut < 2 or len(order) - cut < 2:
             raise SldartsError(f"train_portion={cfg.train_portion} leaves an empty split of {len(order)} images")
@@ -182,7 +189,7 @@ def _dataset_search_data(cfg: SearchConfig, train: Any, valid: Any | None, bs: i
     mk = lambda ds, idx, shuf, stream: DatasetLoader(ds, idx, bs, shuffle=shuf, stream=stream,  # noqa: E731
                                                      workers=cfg.workers, **common)
     note = ""
-    if valid is not None and cfg.optim == "bilevel" and cfg.arch_data == "valid":
+    if valid is not None and _arch_batches(cfg) and cfg.arch_data == "valid":
         w_idx = _fixed_order(len(train))[:cfg.train_samples or None]
         a_idx: np.ndarray | None = np.arange(len(valid))
         arch_set = valid
@@ -198,7 +205,7 @@ def _dataset_search_data(cfg: SearchConfig, train: Any, valid: Any | None, bs: i
         note = "no valid_data: valid_acc is measured on the training data"
     e_idx = np.sort(e_idx[:cfg.eval_samples or None])
     arch = None
-    if cfg.optim == "bilevel":
+    if _arch_batches(cfg):
         arch = mk(arch_set, a_idx if a_idx is not None else w_idx, True, ARCH)
     return SearchData(info, mk(train, w_idx, True, TRAIN), arch, mk(eval_set, e_idx, False, EVAL), note)
 
@@ -222,7 +229,7 @@ def build_search_data(cfg: SearchConfig, device: torch.device, rank: int = 0, wo
     if cfg.eval_samples:
         test = _subset(test, _fixed_order(len(test.y))[:cfg.eval_samples])
     mk = lambda d, aug, shuf, stream: TensorLoader(d, info, bs, augment=aug, shuffle=shuf, stream=stream, **common)  # noqa: E731
-    arch = mk(a_set, cfg.augment, True, ARCH) if cfg.optim == "bilevel" else None
+    arch = mk(a_set, cfg.augment, True, ARCH) if _arch_batches(cfg) else None
     return SearchData(info, mk(w_set, cfg.augment, True, TRAIN), arch, mk(test, False, False, EVAL))
 
 
@@ -249,7 +256,7 @@ def _streamed(cfg: SearchConfig, bs: int, common: dict) -> SearchData:
     mk = lambda fl, train, stream: StreamLoader(*fl, info, bs, train=train, stream=stream,  # noqa: E731
                                                 workers=cfg.workers, size=size, **common)
     arch = None
-    if cfg.optim == "bilevel":
+    if _arch_batches(cfg):
         arch = mk(pick(a_idx if a_idx is not None else w_idx), True, ARCH)
     return SearchData(info, mk(pick(w_idx), True, TRAIN), arch, mk((vfiles, vlabels), False, EVAL))
 

@@ -57,6 +57,7 @@ def get_space(name: str) -> SearchSpace:
 
 
 def build_supernet(cfg: SearchConfig, num_classes: int, in_channels: int) -> Supernet:
+    """The space's plain supernet, before a method is applied (``sldarts.methods.build_supernet`` applies it)."""
     return get_space(cfg.space).supernet(cfg, num_classes, in_channels)
 
 

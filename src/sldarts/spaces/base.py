@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,9 @@ from torch import Tensor, nn
 
 from sldarts.activations import Activation
 from sldarts.errors import SldartsError
-from sldarts.spaces.ops import PARAM_FREE, Zero
+from sldarts.mixing import Mixing
+from sldarts.mixing import channel_shuffle as channel_shuffle  # re-exported
+from sldarts.spaces.ops import PARAM_FREE
 
 if TYPE_CHECKING:
     from sldarts.config import SearchConfig
@@ -74,78 +76,31 @@ class CellGraph:
     edges: list[tuple[str, str, str]]
 
 
-@dataclass(frozen=True)
-class MethodParts:
-    """The supernet-side parts of the one-shot methods (all off: plain DARTS / single-level)."""
-
-    partial: int = 1  # PC-DARTS: mixed ops see 1/K of the channels
-    edge_norm: bool = False  # PC-DARTS: per-edge β, softmax over a node's incoming edges
-    aux_skip: bool = False  # DARTS-: an auxiliary skip connection on every edge, decaying 1 -> 0
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> MethodParts:
-        return cls(cfg.partial_channels, cfg.edge_norm, cfg.aux_skip)
-
-
-PLAIN = MethodParts()
-
-
-def channel_shuffle(x: Tensor, groups: int) -> Tensor:
-    """Interleave the channels of ``groups`` equal groups (PC-DARTS, after ShuffleNet)."""
-    b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
-class MixedOp(nn.Module):
-    """One edge of the supernet: the weighted sum of every candidate op.
+class MixedOp(Mixing):
+    """One edge of the supernet: the weighted sum of every candidate op (:class:`Mixing`).
 
     ``none`` contributes exactly zero, so no tensor is built for it; its weight still matters
-    for softmax through the normalisation, which the activation already applied.
-
-    Method parts, each off by default:
-    - ``hard`` (GDAS, RSPS): the weights are one-hot; only the chosen op is computed, and the others'
-      weights are added as they are (zero in value) so that their gradient still reaches α, as GDAS does.
-    - ``partial`` = K (PC-DARTS): the ops (built for C/K channels) see the first C/K channels; the rest
-      bypass the edge (max-pooled when it reduces) and a channel shuffle mixes the two.
-    - ``aux`` (DARTS-): a skip connection outside the weights, scaled by ``aux_coef`` (the supernet
-      decays it from 1 to 0 over the epochs).
+    for softmax through the normalisation, which the activation already applied. ``make(c)`` builds the
+    candidates for ``c`` input channels (what partial channels needs to rebuild them narrower).
     """
 
-    def __init__(self, ops: dict[str, nn.Module], partial: int = 1, stride: int = 1,
-                 aux: nn.Module | None = None) -> None:
+    def __init__(self, ops: dict[str, nn.Module], stride: int = 1, channels: int | None = None,
+                 make: Callable[[int], dict[str, nn.Module]] | None = None) -> None:
         super().__init__()
         self.names = list(ops)
         self.ops = nn.ModuleList(ops.values())
-        self._live = [k for k, op in enumerate(self.ops) if not isinstance(op, Zero)]
-        self.hard = False
-        self.partial = partial
-        self.bypass = nn.MaxPool2d(2, 2) if partial > 1 and stride == 2 else None
-        self.aux = aux
-        self.aux_coef = 0.0
+        self.stride, self.channels, self.make = stride, channels, make
+        self._init_mixing(list(self.ops))
 
-    def _mix(self, x: Tensor, weights: Tensor) -> Tensor:
-        if self.hard:
-            k = int(weights.argmax())
-            return weights[k] * self.ops[k](x) + (weights.sum() - weights[k])
-        out = None
-        for k in self._live:
-            y = weights[k] * self.ops[k](x)
-            out = y if out is None else out + y
-        if out is None:  # only `none` on this edge
-            return self.ops[0](x)
-        return out
+    def candidate_modules(self) -> list[nn.Module]:
+        return list(self.ops)
+
+    def set_candidates(self, candidates: dict[str, nn.Module]) -> None:
+        assert list(candidates) == self.names, "the same candidates, by name and order"
+        self.ops = nn.ModuleList(candidates.values())
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
-        if self.partial == 1:
-            out = self._mix(x, weights)
-        else:
-            c = x.shape[1] // self.partial
-            rest = x[:, c:]
-            out = torch.cat([self._mix(x[:, :c], weights), self.bypass(rest) if self.bypass else rest], dim=1)
-            out = channel_shuffle(out, self.partial)
-        if self.aux is not None and self.aux_coef > 0:
-            out = out + self.aux_coef * self.aux(x)
-        return out
+        return self.mixed(weights, x)
 
 
 class Supernet(nn.Module, ABC):
@@ -204,23 +159,12 @@ class Supernet(nn.Module, ABC):
         """The architecture parameters, α and (edge_norm) β: module parameters, so DDP averages them too."""
         return list(self.named_alphas().values())
 
-    # -- method parts ---------------------------------------------------------------------------
+    # -- where method parts (sldarts.methods) hook in -------------------------------------------
     def set_sparse(self, flag: bool) -> None:
         """One-hot forward weights (GDAS, RSPS): every mixed op computes only its chosen op."""
         for m in self.modules():
             if hasattr(m, "hard"):
                 m.hard = flag
-
-    def set_progress(self, epoch: int, epochs: int) -> None:
-        """Before each epoch: the activation's schedule and DARTS-'s auxiliary-skip coefficient 1 - e/E."""
-        self.activation.set_progress(epoch, epochs)
-        for m in self.modules():
-            if isinstance(m, MixedOp) and m.aux is not None:
-                m.aux_coef = 1.0 - epoch / epochs
-
-    def regularizer(self) -> Tensor | None:
-        """The activation's loss term on α (DrNAS's KL), added to the loss that updates α."""
-        return self.activation.regularizer(list(self.arch.values()))
 
     def edge_factors(self, key: str) -> Tensor | None:
         """Edge normalisation (PC-DARTS): per edge, softmax of β over the edges entering the same node."""
@@ -262,6 +206,9 @@ class Supernet(nn.Module, ABC):
         return out
 
     def init_alphas(self, value: float | None = None) -> None:
+        """α's start value from the activation. The global RNG state before the draw is kept, so that the
+        method's sampler (:mod:`sldarts.methods`) draws α again from the very same stream."""
+        self._alpha_rng = torch.get_rng_state()
         for a in self.arch.values():
             self.activation.init_(a, value)
         for b in (self.edge_betas or {}).values():

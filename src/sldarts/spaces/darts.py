@@ -6,6 +6,7 @@ A cell takes the two previous cells' outputs, has 4 intermediate nodes fed by ev
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,13 +14,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from sldarts.activations import Activation, Softmax, get_activation
+from sldarts.activations import Activation, Softmax
 from sldarts.errors import SldartsError
 from sldarts.spaces.base import (
-    PLAIN,
     CellGraph,
     Decision,
-    MethodParts,
     MixedOp,
     SearchSpace,
     Supernet,
@@ -140,30 +139,19 @@ class SearchCell(nn.Module):
     BN, whose output depends only on the input) once per input state instead of once per edge."""
 
     def __init__(self, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool, track: bool,
-                 fused: bool = False, parts: MethodParts = PLAIN) -> None:
+                 fused: bool = False) -> None:
         super().__init__()
         self.reduction = reduction
         self.fused = fused
         self.pre0 = (FactorizedReduce(c_pp, c, False, track) if reduction_prev
                      else ReLUConvBN(c_pp, c, 1, 1, 0, False, track))
         self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0, False, track)
-        k = parts.partial
-        if c % k:
-            raise SldartsError(f"partial_channels={k} must divide the cell's channels ({c}); change channels")
         edges = []
         for i in range(STEPS):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                ops = {}
-                for name in OPS:
-                    op = DARTS_OPS[name](c // k, stride, False, track)
-                    if "pool" in name:  # DARTS: pools get a non-affine BN in the supernet
-                        op = nn.Sequential(op, bn(c // k, False, track))
-                    ops[name] = op
-                aux = None
-                if parts.aux_skip:  # DARTS-: identity, or a factorized reduction on reducing edges
-                    aux = nn.Identity() if stride == 1 else FactorizedReduce(c, c, False, track)
-                edges.append(MixedOp(ops, partial=k, stride=stride, aux=aux))
+                make = functools.partial(_edge_ops, stride=stride, track=track)
+                edges.append(MixedOp(make(c), stride=stride, channels=c, make=make))
         self.edges = nn.ModuleList(edges)
 
     def forward(self, s0: Tensor, s1: Tensor, weights: Tensor, factors: Tensor | None = None) -> Tensor:
@@ -208,6 +196,17 @@ class SearchCell(nn.Module):
             y = w[k] * y
             out = y if out is None else out + y
         return out if out is not None else mixed.ops[0](x)
+
+
+def _edge_ops(c: int, stride: int, track: bool) -> dict[str, nn.Module]:
+    """The candidates of one supernet edge on ``c`` channels."""
+    ops = {}
+    for name in OPS:
+        op = DARTS_OPS[name](c, stride, False, track)
+        if "pool" in name:  # DARTS: pools get a non-affine BN in the supernet
+            op = nn.Sequential(op, bn(c, False, track))
+        ops[name] = op
+    return ops
 
 
 def make_stem(in_channels: int, c: int, imagenet: bool, multiplier: int = 3
@@ -259,23 +258,19 @@ class DartsSupernet(Supernet):
     def __init__(self, channels: int = 16, layers: int = 8, num_classes: int = 10, in_channels: int = 3,
                  activation: Activation | None = None, alpha_init: float | None = None,
                  track_running_stats: bool = True, imagenet: bool = False, stem_multiplier: int = 3,
-                 impl: str = "fused", parts: MethodParts = PLAIN) -> None:
+                 impl: str = "fused") -> None:
         super().__init__()
-        if impl == "fused" and parts != PLAIN:
-            raise SldartsError("the fused DARTS cell computes plain mixed ops only; use impl=reference")
         self.activation = activation or Softmax()
         self.stem0, self.stem1, c_pp, c_p, reduction_prev = make_stem(in_channels, channels, imagenet,
                                                                       stem_multiplier)
         self.cells, c_p, _ = stack_cells(
             layers, channels, c_pp, c_p, reduction_prev,
-            lambda *a: SearchCell(*a, track_running_stats, fused=impl == "fused", parts=parts))
+            lambda *a: SearchCell(*a, track_running_stats, fused=impl == "fused"))
         self.classifier = nn.Linear(c_p, num_classes)
         self.arch = nn.ParameterDict({
             "normal": nn.Parameter(torch.empty(EDGES, len(OPS))),
             "reduce": nn.Parameter(torch.empty(EDGES, len(OPS))),
         })
-        if parts.edge_norm:
-            self.edge_betas = nn.ParameterDict({k: nn.Parameter(torch.empty(EDGES)) for k in ("normal", "reduce")})
         self.init_alphas(alpha_init)
         self.set_sparse(self.activation.sparse)
 
@@ -461,8 +456,8 @@ class DartsSpace(SearchSpace):
 
     def supernet(self, cfg: SearchConfig, num_classes: int, in_channels: int) -> DartsSupernet:
         return DartsSupernet(cfg.channels, self.num_cells(cfg.cells), num_classes, in_channels,
-                             get_activation(cfg.activation, cfg), cfg.alpha_init, cfg.bn_track_stats,
-                             imagenet=uses_imagenet_stem(cfg), impl=cfg.impl, parts=MethodParts.from_config(cfg))
+                             alpha_init=cfg.alpha_init, track_running_stats=cfg.bn_track_stats,
+                             imagenet=uses_imagenet_stem(cfg), impl=cfg.impl)
 
     def parse(self, value: Any, source: str = "genotype") -> Genotype:
         if isinstance(value, dict):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from sldarts.activations import Activation, Sigmoid, get_activation
+from sldarts.activations import Activation, Sigmoid
 from sldarts.errors import SldartsError
 from sldarts.nn import Choice, InputChoice, Zero, choices_of, fix
 from sldarts.spaces.base import CellGraph, Decision, SearchSpace, Supernet, top_two
@@ -173,8 +173,7 @@ class ModelSpace(SearchSpace):
         return model
 
     def supernet(self, cfg: SearchConfig, num_classes: int, in_channels: int) -> ChoiceSupernet:
-        self._last = ChoiceSupernet(self.model(num_classes, in_channels), get_activation(cfg.activation, cfg),
-                                    cfg.alpha_init)
+        self._last = ChoiceSupernet(self.model(num_classes, in_channels), alpha_init=cfg.alpha_init)
         return self._last
 
     def parse(self, value: Any, source: str = "choices") -> dict[str, Any]:

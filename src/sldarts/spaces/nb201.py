@@ -13,13 +13,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from sldarts.activations import Activation, Sigmoid, get_activation
+from sldarts.activations import Activation, Sigmoid
 from sldarts.errors import SldartsError
 from sldarts.spaces.base import (
-    PLAIN,
     CellGraph,
     Decision,
-    MethodParts,
     MixedOp,
     SearchSpace,
     Supernet,
@@ -91,15 +89,13 @@ def derive_arch(weights: Tensor, rule: str = "argmax") -> str:
 class SearchCell(nn.Module):
     """Supernet cell: every edge a :class:`MixedOp` over the 5 ops (non-affine BN, conv with bias)."""
 
-    def __init__(self, c: int, track: bool, parts: MethodParts = PLAIN) -> None:
+    def __init__(self, c: int, track: bool) -> None:
         super().__init__()
-        k = parts.partial
-        if c % k:
-            raise SldartsError(f"partial_channels={k} must divide the cell's channels ({c}); change channels")
-        self.edges = nn.ModuleList(
-            MixedOp({name: NB201_OPS[name](c // k, 1, False, track) for name in OPS}, partial=k,
-                    aux=nn.Identity() if parts.aux_skip else None) for _ in EDGES
-        )
+
+        def make(ch: int) -> dict[str, nn.Module]:
+            return {name: NB201_OPS[name](ch, 1, False, track) for name in OPS}
+
+        self.edges = nn.ModuleList(MixedOp(make(c), channels=c, make=make) for _ in EDGES)
 
     def forward(self, x: Tensor, weights: Tensor, factors: Tensor | None = None) -> Tensor:
         nodes = [x]
@@ -214,18 +210,14 @@ class NB201Supernet(Supernet, _Macro):
 
     def __init__(self, channels: int = 16, cells: int = 5, num_classes: int = 10, in_channels: int = 3,
                  activation: Activation | None = None, alpha_init: float | None = None,
-                 track_running_stats: bool = True, impl: str = "fused", parts: MethodParts = PLAIN) -> None:
-        if impl == "fused" and parts != PLAIN:
-            raise SldartsError("the fused NB201 cell computes plain mixed ops only; use impl=reference")
+                 track_running_stats: bool = True, impl: str = "fused") -> None:
         if impl == "fused":
             make = lambda c: FusedSearchCell(c, track_running_stats)  # noqa: E731
         else:
-            make = lambda c: SearchCell(c, track_running_stats, parts)  # noqa: E731
+            make = lambda c: SearchCell(c, track_running_stats)  # noqa: E731
         _Macro.__init__(self, channels, cells, num_classes, in_channels, make)
         self.activation = activation or Sigmoid()
         self.arch = nn.ParameterDict({"cell": nn.Parameter(torch.empty(len(EDGES), len(OPS)))})
-        if parts.edge_norm:
-            self.edge_betas = nn.ParameterDict({"cell": nn.Parameter(torch.empty(len(EDGES)))})
         self.init_alphas(alpha_init)
         self.set_sparse(self.activation.sparse)
 
@@ -317,8 +309,7 @@ class NB201Space(SearchSpace):
 
     def supernet(self, cfg: SearchConfig, num_classes: int, in_channels: int) -> NB201Supernet:
         return NB201Supernet(cfg.channels, self.num_cells(cfg.cells), num_classes, in_channels,
-                             get_activation(cfg.activation, cfg), cfg.alpha_init, cfg.bn_track_stats, impl=cfg.impl,
-                             parts=MethodParts.from_config(cfg))
+                             alpha_init=cfg.alpha_init, track_running_stats=cfg.bn_track_stats, impl=cfg.impl)
 
     def parse(self, value: Any, source: str = "architecture") -> str:
         return format_arch(parse_arch(value))

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from sldarts.mixing import Zero
+
 # Ops that have no weights: the paper's "non-learnable" ops whose share we watch.
 PARAM_FREE = frozenset({"none", "skip_connect", "avg_pool_3x3", "max_pool_3x3"})
 
@@ -59,19 +61,6 @@ class SepConv(nn.Sequential):
             DilConv(c_in, c_in, kernel, stride, padding, 1, affine, track),
             DilConv(c_in, c_out, kernel, 1, padding, 1, affine, track),
         )
-
-
-class Zero(nn.Module):
-    """The `none` op: zeros of the output shape."""
-
-    def __init__(self, stride: int) -> None:
-        super().__init__()
-        self.stride = stride
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.stride == 1:
-            return x.mul(0.0)
-        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
 class FactorizedReduce(nn.Module):
