@@ -429,8 +429,11 @@ class CostTerm(Part):
         measured = m.whole(arch)
         with torch.no_grad():
             expected = float(self.expected(supernet))
+        from_alpha = supernet.derive() if self.rule == "argmax" else supernet.derive(self.rule)
+        # the table's cost of the architecture α derives (None where the result is another, e.g. RSPS's pick)
+        predicted = self.derived(supernet) if json.dumps(from_alpha) == json.dumps(arch) else None
         out: dict[str, Any] = {"cost": o.cost, "unit": UNITS[o.cost], "network": m.layout.where,
-                               "expected": expected, "predicted": self.derived(supernet), "measured": measured,
+                               "expected": expected, "predicted": predicted, "measured": measured,
                                "target": o.cost_target or None, "weight": o.cost_weight or None,
                                "met": (measured <= o.cost_target) if o.cost_target else None,
                                "smallest": m.smallest(self.rule), "largest": m.largest()}
