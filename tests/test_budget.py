@@ -40,15 +40,19 @@ def test_expected_cost_gradient_matches_finite_differences(name):
 
     grads = torch.autograd.grad(f(), list(alphas.values()))
     eps = 1e-6
-    for a, grad in zip(alphas.values(), grads, strict=True):
+    for _ in range(4):  # directional derivatives along random directions: grad · v against central differences
+        vs = [torch.randn(a.shape, generator=g, dtype=torch.float64) for a in alphas.values()]
         with torch.no_grad():
-            for i in range(a.numel()):
-                a.view(-1)[i] += eps
-                up = float(f())
-                a.view(-1)[i] -= 2 * eps
-                down = float(f())
-                a.view(-1)[i] += eps
-                assert float(grad.view(-1)[i]) == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-7)
+            for a, v in zip(alphas.values(), vs, strict=True):
+                a += eps * v
+            up = float(f())
+            for a, v in zip(alphas.values(), vs, strict=True):
+                a -= 2 * eps * v
+            down = float(f())
+            for a, v in zip(alphas.values(), vs, strict=True):
+                a += eps * v
+        along = sum(float((gr * v).sum()) for gr, v in zip(grads, vs, strict=True))
+        assert along == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-8)
     # one-hot weights: the expected cost is the derived architecture's
     onehot = {"a": torch.eye(4, dtype=torch.float64)[[0, 3, 1]], "b": torch.tensor([[0.0, 1.0]], dtype=torch.float64)}
     tables.pop("d")
@@ -66,8 +70,7 @@ def test_nb201_cost_tables_are_each_op_counted_alone_and_add_up_to_sldarts_compl
             idx[k][[0, 2, 5, 9][n // 2] + src] = DARTS_OPNAMES.index(op)
     assert model.predict(idx) == count_params(darts.eval_network(g, 10, 3)) == 3349342  # sldarts complexity's count
     space = get_space("nb201")
-    archs = ["|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
-             "|none~0|+|avg_pool_3x3~0|nor_conv_1x1~1|+|skip_connect~0|none~1|nor_conv_1x1~2|"]
+    archs = ["|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|"]  # every op
     # what `sldarts complexity` says, on ImageNet16-120's network (16x16 images: the cheapest to count)
     counted = {arch: complexity(space, arch, "imagenet16-120") for arch in archs}
     for kind in ("params", "macs"):
