@@ -120,9 +120,13 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from sldarts.lookup import ENV, open_benchmark
     from sldarts.report import report
 
-    print(report(args.sweep_dir))
+    bench = None  # NB201 sweeps under a budget: looked-up accuracies and the benchmark's Pareto front
+    if args.benchmark or os.environ.get(ENV):
+        bench = open_benchmark(args.benchmark or None)
+    print(report(args.sweep_dir, bench))
     return 0
 
 
@@ -230,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=_sweep)
     rp = sub.add_parser("report", help="mean ± std table of a sweep (writes report.md and report.csv)")
     rp.add_argument("sweep_dir")
+    rp.add_argument("--benchmark", help="NB201 benchmark for a budget sweep's accuracy vs cost (default "
+                    "$SLDARTS_NB201)")
     rp.set_defaults(func=_report)
     an = sub.add_parser("analyze", help="figures (p_i, gradient correlation, dL/dp) and a report of runs")
     an.add_argument("run_dirs", nargs="+")

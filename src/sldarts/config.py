@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from sldarts.budget_options import CostOptions, check_options
 from sldarts.errors import SldartsError
 
 ARCH_DATA = ("valid", "train")
@@ -113,6 +114,8 @@ class ConfigBase:
         """Plain values, the run options (seed, device, files...) last so config.yaml reads top-down."""
         d = dataclasses.asdict(self)  # type: ignore[call-overload]
         tail = [f.name for f in dataclasses.fields(RunOptions)] if isinstance(self, RunOptions) else []
+        if isinstance(self, CostOptions):  # the budget keys (sldarts.budget) after the search's own
+            tail = [f.name for f in dataclasses.fields(CostOptions)] + tail
         return {**{k: v for k, v in d.items() if k not in tail}, **{k: d[k] for k in tail}}
 
     def replace(self, **changes: Any):
@@ -142,7 +145,7 @@ class RunOptions(ConfigBase):
 
 
 @dataclass
-class SearchConfig(RunOptions):
+class SearchConfig(RunOptions, CostOptions):
     """All settings of one search; defaults follow the paper (Sec. 4.1, 4.2)."""
 
     space: str = field(default="nb201", metadata={"check": _check_space})
@@ -256,6 +259,7 @@ class SearchConfig(RunOptions):
             raise SldartsError(f"config: order=2 needs optim=bilevel ({self.optim} has no unrolled step)")
         if self.order == 2 and self.arch_data == "train":
             raise SldartsError("config: order=2 with arch_data=train is not a setting of the paper; use order=1")
+        check_options(self)
 
 
 # method= presets: the keys each method sets (docs/methods.md). Keys given explicitly win, so a preset

@@ -176,13 +176,20 @@ def to_csv(varying: list[str], columns: list[str], rows: list[dict[str, Any]]) -
     return buf.getvalue()
 
 
-def report(sweep_dir: str | Path) -> str:
-    """Write report.md and report.csv into the sweep directory and return the Markdown table."""
+def report(sweep_dir: str | Path, benchmark: Any = None) -> str:
+    """Write report.md and report.csv into the sweep directory and return the Markdown table; a sweep of
+    searches under a budget adds accuracy vs cost (budget.md, budget.png; ``benchmark``: an opened NB201
+    benchmark for looked-up accuracies and its Pareto front)."""
+    from sldarts.budget import trade_off
+
     d = Path(sweep_dir)
     if not d.is_dir():
         raise SldartsError(f"sweep directory {d} does not exist")
-    varying, columns, rows = aggregate(collect(d))
+    runs = collect(d)
+    varying, columns, rows = aggregate(runs)
     md = markdown(varying, columns, rows)
+    budget = trade_off(d, runs, benchmark)
+    md = md + ("\n\n" + budget if budget else "")
     (d / "report.md").write_text(md + "\n")
     (d / "report.csv").write_text(to_csv(varying, columns, rows))
     return md

@@ -57,6 +57,7 @@ class SearchRun(EpochRun):
         else:
             self.space = cfg.search_space()
         self.model: Supernet = self.method.apply(self.space.supernet(cfg, info.num_classes, info.in_channels))
+        self.cost = self._cost_term()  # counted on the CPU copy, before the model moves; a loss part of the method
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -85,8 +86,31 @@ class SearchRun(EpochRun):
         if self.space.benchmark and self.dist.main and (cfg.benchmark or os.environ.get(ENV)):
             self.benchmark = open_benchmark(cfg.benchmark or None)
 
+    def _cost_term(self) -> Any:
+        """cost=...: the cost model of this space and the loss part on α (sldarts.budget)."""
+        from sldarts.budget import CostOptions, CostTerm, cost_model
+
+        cfg = self.cfg
+        if not cfg.cost:
+            return None
+        options = CostOptions.from_config(cfg)
+        info = self.data.info
+        with torch.random.fork_rng(devices=[]):  # the networks it counts draw weights: not from the run's stream
+            model = cost_model(options, self.space, self.model, cfg.dataset, info.num_classes, info.in_channels,
+                               self.data.sample_shape)
+        if self.dist.main:
+            from sldarts import checkpoint as ckpt
+
+            ckpt.atomic_write_text(self.out / "cost_table.json", json.dumps(model.describe(), indent=1) + "\n")
+            if model.latency is not None:
+                self.progress.message(model.latency.note())
+        term = CostTerm(model, options, cfg.derive)
+        self.method.parts.append(term)  # one more loss part: the strategy adds its loss, on_epoch is called
+        return term
+
     def stateful(self) -> dict[str, Any]:
-        return {"model": self.model, "w_opt": self.w_opt, "a_opt": self.a_opt, "sched": self.sched}
+        out = {"model": self.model, "w_opt": self.w_opt, "a_opt": self.a_opt, "sched": self.sched}
+        return out if self.cost is None else {**out, "cost": self.cost}
 
     def describe(self) -> str:
         cfg = self.cfg
@@ -149,6 +173,8 @@ class SearchRun(EpochRun):
             row.update(margins(decisions))
         if self.benchmark is not None:
             row["benchmark"] = self.benchmark.query(arch)
+        if self.cost is not None:
+            row.update(self.cost.row(self.model))
         if self.probe is not None:
             row["analysis_seconds"] = round(self.probe.seconds, 3)
             self.probe.seconds = 0.0
@@ -161,6 +187,11 @@ class SearchRun(EpochRun):
             a = row["analysis_seconds"]
             extra = f" (analysis {a:.1f}s of it, +{a / max(row['seconds'] - a, 1e-9):.0%})"
         margin = f" min-margin {row['min_margin']:.2g}" if row.get("min_margin") is not None else ""
+        if self.cost is not None:
+            from sldarts.budget import fmt
+
+            k = self.cfg.cost
+            margin += f" cost: expected {fmt(k, row['expected_cost'])} derived {fmt(k, row['derived_cost'])}"
         return (f"valid {row['valid_acc']:.2%} param-free {row['param_free_ratio']:.2f}{margin} "
                 f"{key} {json.dumps(row[key])}{extra}")
 
@@ -180,6 +211,10 @@ class SearchRun(EpochRun):
             out.update(margins(decisions))
         if self.dist.main:
             out["complexity"] = self._complexity(arch)
+            if self.cost is not None:
+                out["budget"] = self.cost.result(self.model, arch)
+                if self.cost.model.latency is not None:
+                    self.cost.model.latency.save()
             out.update(stability(read_metrics(self.out / "metrics.jsonl"), self.space.arch_key, cfg.epochs))
             said = note(decisions or [], cfg.margin_threshold, out)
             if said:
@@ -242,6 +277,10 @@ def closing_lines(cfg: SearchConfig, space: SearchSpace, result: dict[str, Any],
                      f"epoch {result.get('stable_since_epoch')}")
     if result.get("note"):
         lines.append("note: " + result["note"])
+    if result.get("budget"):
+        from sldarts.budget import budget_line
+
+        lines.append(budget_line(result["budget"]))
     if cfg.dataset == "digits" and result["param_free_ratio"] > cfg.param_free_threshold:
         lines.append("digits are 8x8 images on which skip connections are genuinely strong (docs/analysis.md): a "
                      "high share here says more about the data than the method; on CIFAR-10 images single-level "
