@@ -80,13 +80,24 @@ def _lookup(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sldarts.cells import resolve_cell
-    from sldarts.lookup import open_benchmark, table3
+    from sldarts.lookup import export_csv, open_benchmark, table3
 
+    if args.export_csv:
+        if args.target:
+            raise SldartsError("--export-csv writes the whole table: give no ARCH_STRING|RUN_DIR with it")
+        if not args.benchmark:
+            raise SldartsError("--export-csv needs the official files: --benchmark NATS_DIR (or a NATS-tss "
+                               ".pickle.pbz2, or a NAS-Bench-201 .pth)")
+        n = export_csv(open_benchmark(args.benchmark, trust=args.trust), args.export_csv)
+        print(f"wrote {n} cells to {args.export_csv}")
+        return 0
+    if not args.target:
+        raise SldartsError("lookup needs an ARCH_STRING or a RUN_DIR (or --export-csv OUT)")
     is_run = Path(args.target).is_dir()
     space, target = resolve_cell(args.target if is_run else None, None, None if is_run else args.target)
     if not space.benchmark:
         raise SldartsError(f"{args.target} searched the {space.name} space; look-ups need a NAS-Bench-201 run")
-    bench = open_benchmark(args.benchmark)
+    bench = open_benchmark(args.benchmark, trust=args.trust)
     row = bench.query(target)
     if args.table:
         rows = [("this cell", row)] + ([("optimal", bench.optimal())] if args.optimal else [])
@@ -206,9 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True, help="path prefix: writes PREFIX_<cell>.dot/.png/.pdf")
     pl.set_defaults(func=_plot)
     lk = sub.add_parser("lookup", help="NAS-Bench-201 accuracies of an arch string or a run's derived cell")
-    lk.add_argument("target", metavar="ARCH_STRING|RUN_DIR")
+    lk.add_argument("target", nargs="?", metavar="ARCH_STRING|RUN_DIR")
     lk.add_argument("--benchmark", help="CSV table, NATS-tss file/folder or NAS-Bench-201 .pth "
-                    "(default $SLDARTS_NB201)")
+                    "(default $SLDARTS_NB201, else the table shipped in the package)")
+    lk.add_argument("--trust", action="store_true", help="allow a pickled benchmark file to load any Python "
+                    "object (runs code; only for files from a source you trust)")
+    lk.add_argument("--export-csv", metavar="OUT", help="write the full table (every cell, every column) "
+                    "of the --benchmark official files to OUT")
     lk.add_argument("--table", action="store_true", help="print the paper's Table 3 layout")
     lk.add_argument("--optimal", action="store_true", help="also give the best accuracies in the benchmark")
     lk.set_defaults(func=_lookup)

@@ -200,6 +200,9 @@ class SearchConfig(RunOptions):
     auto_lr_factor: float = field(default=5.0, metadata=_range(1, lo_open=True))
     auto_lr_tries: int = field(default=3, metadata=_range(1))
     benchmark: str = ""  # NB201 benchmark file for per-epoch look-ups ($SLDARTS_NB201 if empty)
+    trust: bool = field(default=False, metadata={"help": "let a pickled benchmark file (NATS-Bench, .pth) load "
+                                                 "any Python object; off: only plain data is read, since "
+                                                 "unpickling other objects runs code"})
 
     def __post_init__(self) -> None:
         self.validate()

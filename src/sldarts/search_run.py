@@ -18,7 +18,7 @@ from sldarts.config import SearchConfig, load_config
 from sldarts.data import Cycle, SearchData, build_search_data
 from sldarts.decided import margins, note, stability
 from sldarts.errors import SldartsError
-from sldarts.lookup import ENV, open_benchmark
+from sldarts.lookup import BENCHMARK_SETS, ENV, open_benchmark
 from sldarts.run import EpochRun, accuracy, autocast_for
 from sldarts.rundir import read_metrics
 from sldarts.spaces import SearchSpace, Supernet
@@ -80,8 +80,11 @@ class SearchRun(EpochRun):
             self.probe = Probe(self.model, cfg.analysis_cells, self.out / "analysis.jsonl")
         self._gstep = 0
         self.benchmark = None
-        if self.space.benchmark and self.dist.main and (cfg.benchmark or os.environ.get(ENV)):
-            self.benchmark = open_benchmark(cfg.benchmark or None)
+        # the shipped table by default where the search runs on a data set the benchmark measured; a named
+        # file (benchmark= or $SLDARTS_NB201) for any data set
+        named = cfg.benchmark or os.environ.get(ENV)
+        if self.space.benchmark and self.dist.main and (named or cfg.dataset in BENCHMARK_SETS):
+            self.benchmark = open_benchmark(cfg.benchmark or None, trust=cfg.trust)
 
     def stateful(self) -> dict[str, Any]:
         return {"model": self.model, "w_opt": self.w_opt, "a_opt": self.a_opt, "sched": self.sched}
@@ -246,7 +249,7 @@ def closing_lines(cfg: SearchConfig, space: SearchSpace, result: dict[str, Any],
                      "+ sigmoid derives mostly convolutions")
     nxt = [f"sldarts derive {out}"]
     if space.benchmark:
-        nxt.append(f"sldarts lookup {out} --benchmark FILE")
+        nxt.append(f"sldarts lookup {out}")
     nxt += [f"sldarts retrain {out} epochs=... data_root=...", "your own model and data: docs/custom.md"]
     if cfg.dataset == "digits":
         nxt.insert(1, "sldarts search dataset=cifar10 data_root=DIR")
