@@ -130,6 +130,27 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from sldarts.data import download as dl
+
+    if args.action == "download":
+        if args.name not in dl.DOWNLOADABLE:
+            raise SldartsError(f"{args.name} has no direct download: sldarts data info {args.name} says where to "
+                               "get it")
+        if not args.root:
+            raise SldartsError("data download needs --root DIR (the data_root of later searches)")
+        folder = dl.download(args.name, args.root, progress=True)
+        print(f"{args.name}: complete in {folder}; search with dataset={args.name} data_root={args.root}")
+    elif args.action == "info":
+        for name in [args.name] if args.name else list(dl.SOURCES):
+            print(dl.info(name))
+    else:
+        if not args.name:
+            raise SldartsError("data check needs the data root: sldarts data check DIR")
+        print("\n".join(dl.check(args.name)))
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from sldarts.report import report
 
@@ -243,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--time-limit", type=int, default=60, help="minutes per job; a timed-out job is requeued")
     sw.add_argument("--array-parallelism", type=int, default=16, help="Slurm: points running at once")
     sw.set_defaults(func=_sweep)
+    da = sub.add_parser("data", help="download CIFAR-10/100 (MD5-verified), say where other data sets come "
+                        "from, check a data root")
+    da.add_argument("action", choices=["download", "info", "check"])
+    da.add_argument("name", nargs="?", metavar="NAME|DIR", help="download/info: cifar10, cifar100, imagenet16-120, "
+                    "imagenet or nats-bench (info: all if omitted); check: the data root")
+    da.add_argument("--root", help="download: the folder to put the data set in (later data_root=)")
+    da.set_defaults(func=_data)
     rp = sub.add_parser("report", help="mean ± std table of a sweep (writes report.md and report.csv)")
     rp.add_argument("sweep_dir")
     rp.set_defaults(func=_report)
