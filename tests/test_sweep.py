@@ -11,7 +11,7 @@ from sldarts.errors import SldartsError
 from sldarts.report import aggregate, markdown, mean_std, report
 from sldarts.sweep import load_sweep, run_sweep
 
-SWEEPS = sorted((Path(__file__).parent.parent / "configs" / "sweeps").glob("*.yaml"))
+SWEEPS = sorted((Path(__file__).parent.parent / "src" / "sldarts" / "configs" / "sweeps").glob("*.yaml"))
 TINY = ["epochs=1", "train_samples=96", "channels=4", "cells=1", "batch_size=32", "eval_samples=32"]
 
 

@@ -151,6 +151,14 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configs(args: argparse.Namespace) -> int:
+    from sldarts.shipped import configs_dir, describe
+
+    print(f"shipped configs ({configs_dir()}); use --config NAME:")
+    print("\n".join(describe()))
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from sldarts.report import report
 
@@ -205,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sldarts {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s = sub.add_parser("search", help="search a cell (YAML config plus key=value overrides)")
-    s.add_argument("--config", help="YAML file of settings (see configs/)")
+    s.add_argument("--config", help="YAML file of settings, or a shipped config's name (sldarts configs)")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. space=darts optim=bilevel order=2")
     s.set_defaults(func=_search)
     d = sub.add_parser("derive", help="print the derived architecture of a run directory")
@@ -249,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--optimal", action="store_true", help="also give the best accuracies in the benchmark")
     lk.set_defaults(func=_lookup)
     sw = sub.add_parser("sweep", help="run a grid of searches x seeds (key=a,b,c) and report mean ± std")
-    sw.add_argument("--config", help="sweep YAML (base / grid / variants) or a plain search config")
+    sw.add_argument("--config", help="sweep YAML (base / grid / variants) or a plain search config, or a "
+                    "shipped one's name (sldarts configs)")
     sw.add_argument("items", nargs="*", metavar="key=a,b,c", help="grid axes (commas) and fixed settings")
     sw.add_argument("--out", required=True, help="the sweep directory (re-run to resume)")
     sw.add_argument("--parallel", type=int, default=1, help="concurrent processes (per GPU with --gpus)")
@@ -264,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--time-limit", type=int, default=60, help="minutes per job; a timed-out job is requeued")
     sw.add_argument("--array-parallelism", type=int, default=16, help="Slurm: points running at once")
     sw.set_defaults(func=_sweep)
+    cf = sub.add_parser("configs", help="list the configs and sweeps shipped in the package (--config NAME)")
+    cf.set_defaults(func=_configs)
     da = sub.add_parser("data", help="download CIFAR-10/100 (MD5-verified), say where other data sets come "
                         "from, check a data root")
     da.add_argument("action", choices=["download", "info", "check"])

@@ -354,9 +354,12 @@ def parse_overrides(items: typing.Sequence[str]) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
+    from sldarts.shipped import find_config
+
+    p = find_config(path)  # a file, or the name of a shipped config
     if not p.is_file():
-        raise SldartsError(f"config file {p} does not exist; pass an existing YAML file to --config")
+        raise SldartsError(f"config file {p} does not exist; pass an existing YAML file to --config, or the "
+                           "name of a shipped one (sldarts configs lists them)")
     try:
         data = yaml.safe_load(p.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
