@@ -119,10 +119,18 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.launcher != "local":
         from sldarts.launch import SlurmOptions
 
+        extra = {}
+        for item in args.slurm_param or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise SldartsError(f"--slurm-param {item!r} is not KEY=VALUE (an sbatch option, e.g. reservation=r1)")
+            extra[key.strip()] = value
         slurm = SlurmOptions(args.partition, args.gpus_per_job, args.cpus_per_job, args.time_limit,
-                             args.array_parallelism)
+                             args.array_parallelism, args.account, args.qos, args.mem, args.constraint, extra or None)
+    if args.print:  # stdout holds only the commands; the grid goes to stderr
+        log = lambda m: print(m, file=sys.stderr, flush=True) if m.startswith("grid:") else None  # noqa: E731
     run_sweep(args.config, args.items, args.out, args.parallel, gpus, args.print, log=log, launcher=args.launcher,
-              slurm=slurm)
+              slurm=slurm, gpus_per_point=args.gpus_per_point)
     if not args.print:
         from sldarts.report import report
 
@@ -260,16 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--config", help="sweep YAML (base / grid / variants) or a plain search config, or a "
                     "shipped one's name (sldarts configs)")
     sw.add_argument("items", nargs="*", metavar="key=a,b,c", help="grid axes (commas) and fixed settings")
-    sw.add_argument("--out", required=True, help="the sweep directory (re-run to resume)")
+    sw.add_argument("--out", default="sweeps", help="the sweep directory (re-run to resume; default ./sweeps)")
     sw.add_argument("--parallel", type=int, default=1, help="concurrent processes (per GPU with --gpus)")
     sw.add_argument("--gpus", help="comma-separated GPU ids, e.g. 0,1 (several searches may share one)")
     sw.add_argument("--print", action="store_true", help="print one command per unfinished point instead")
     sw.add_argument("--launcher", default="local", choices=["local", "submitit-local", "slurm"],
                     help="local process pool (default), or one submitit job per point (Slurm, or submitit's local "
                     "executor)")
+    sw.add_argument("--gpus-per-point", type=int, default=1, help="local: run each point under torchrun with K "
+                    "processes on K of --gpus (on CPU without --gpus: K gloo processes)")
     sw.add_argument("--partition", help="Slurm partition")
-    sw.add_argument("--gpus-per-job", type=int, default=0, help="Slurm: GPUs per point")
-    sw.add_argument("--cpus-per-job", type=int, default=2, help="Slurm: CPUs per point")
+    sw.add_argument("--gpus-per-job", type=int, default=0, help="Slurm: GPUs per point; K > 1 starts K tasks that "
+                    "form one DDP search")
+    sw.add_argument("--cpus-per-job", type=int, default=2, help="Slurm: CPUs per task")
+    sw.add_argument("--account", help="Slurm account (sbatch --account)")
+    sw.add_argument("--qos", help="Slurm quality of service (sbatch --qos)")
+    sw.add_argument("--mem", help="Slurm memory per node, e.g. 64G (sbatch --mem)")
+    sw.add_argument("--constraint", help="Slurm node features, e.g. a100 (sbatch --constraint)")
+    sw.add_argument("--slurm-param", action="append", metavar="KEY=VALUE", help="any other sbatch option "
+                    "(slurm_additional_parameters), repeatable")
     sw.add_argument("--time-limit", type=int, default=60, help="minutes per job; a timed-out job is requeued")
     sw.add_argument("--array-parallelism", type=int, default=16, help="Slurm: points running at once")
     sw.set_defaults(func=_sweep)

@@ -203,6 +203,9 @@ class SearchConfig(RunOptions):
     trust: bool = field(default=False, metadata={"help": "let a pickled benchmark file (NATS-Bench, .pth) load "
                                                  "any Python object; off: only plain data is read, since "
                                                  "unpickling other objects runs code"})
+    sync_bn: bool = field(default=False, metadata={"help": "batch norm over the global batch of all torchrun "
+                                                   "processes (as one process computes it), not per process; "
+                                                   "runs the reference cells"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -217,7 +220,7 @@ class SearchConfig(RunOptions):
         from sldarts.activations import ACTIVATIONS
 
         return (self.partial_channels > 1 or self.edge_norm or self.aux_skip or self.optim == "rsps"
-                or ACTIVATIONS.get(self.activation).sparse)
+                or ACTIVATIONS.get(self.activation).sparse or self.sync_bn)
 
     # -- derived values ---------------------------------------------------------------------
     def search_space(self):

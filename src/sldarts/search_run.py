@@ -59,6 +59,10 @@ class SearchRun(EpochRun):
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.net: torch.nn.Module = self.model
+        if cfg.sync_bn:
+            from sldarts.distributed import use_global_batch_norm
+
+            use_global_batch_norm(self.model)
         if self.dist.world > 1:
             if cfg.optim == "bilevel" and cfg.order == 2:
                 raise SldartsError("second-order bi-level search is not supported under torchrun: its "
