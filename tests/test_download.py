@@ -93,3 +93,22 @@ def test_wrong_checksum_is_refused_in_one_line_and_leaves_nothing(tmp_path, serv
     assert main(["data", "download", "imagenet16-120", "--root", str(tmp_path)]) == 2
     assert "sldarts data info imagenet16-120" in capsys.readouterr().err
     assert main(["data", "info", "nats-bench"]) == 0 and "D-X-Y/NATS-Bench" in capsys.readouterr().out
+
+
+def test_benchmark_script_builds_the_image_folders_from_the_batches(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from sldarts.data.readers import read_image_folder
+
+    written = write_cifar10(tmp_path / "data", n_per_batch=4)
+    spec = importlib.util.spec_from_file_location(
+        "cifar10_folder", Path(__file__).resolve().parent.parent / "benchmarks" / "cifar10_folder.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.build(tmp_path / "data", tmp_path / "img") == {"train": 20, "test": 4}
+    train, test, classes = read_image_folder(tmp_path / "img")
+    assert len(train.x) == 20
+    # lossless: the folder holds the batches' own pixels (the reader's order is by class, then file)
+    want = {bytes(r) for r in written["test_batch"][0]}
+    assert {bytes(x.reshape(-1)) for x in test.x} == want
