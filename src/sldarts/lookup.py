@@ -207,6 +207,14 @@ def _refusal(path: Path, what: str) -> SldartsError:
                         "benchmark= empty for the shipped table")
 
 
+class _Shared(dict):
+    """The loaded benchmark, handed to ``nats_bench.create`` without the deep copy it makes of a dict (the
+    full file holds every cell's records: copying them would double the memory and the start-up time)."""
+
+    def __deepcopy__(self, memo: dict) -> _Shared:
+        return self
+
+
 def _records(infos: Any, path: Path) -> dict:
     """A cell's ``{hp: state dict}``, checked to be dicts: the benchmark APIs treat a string there as a
     file name and unpickle that file without restriction."""
@@ -268,7 +276,7 @@ def open_benchmark(path: str | Path | None, trust: bool = False) -> Benchmark:
         else:
             data = _checked(_load_pickle(p, trust), p)
         try:
-            api = create(data, "tss", fast_mode=False, verbose=False)
+            api = create(_Shared(data), "tss", fast_mode=False, verbose=False)
         except Exception as exc:
             raise SldartsError(f"cannot read NATS-Bench benchmark {p}: {type(exc).__name__}: {exc}") from None
         return ApiBenchmark(p, api, p if p.is_dir() else None, trust)
