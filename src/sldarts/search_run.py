@@ -43,6 +43,14 @@ class SearchRun(EpochRun):
 
     def build(self) -> None:
         cfg = self.cfg
+        # first, so that a missing or refused benchmark stops the search before the data are read: the
+        # shipped table by default on a data set the benchmark measured, a named file (benchmark= or
+        # $SLDARTS_NB201) on any data set
+        self.benchmark = None
+        named = cfg.benchmark or os.environ.get(ENV)
+        space = cfg.search_space() if self._user_model is None else None
+        if space is not None and space.benchmark and self.dist.main and (named or cfg.dataset in BENCHMARK_SETS):
+            self.benchmark = open_benchmark(cfg.benchmark or None, trust=cfg.trust)
         self.data: SearchData = build_search_data(cfg, self.device, self.dist.rank, self.dist.world,
                                                   self._train_data, self._valid_data)
         self.train_loader = self.data.train
@@ -53,7 +61,7 @@ class SearchRun(EpochRun):
             model = self._user_model
             self.space: SearchSpace = ModelSpace(lambda num_classes, in_channels: model, cfg.space)
         else:
-            self.space = cfg.search_space()
+            self.space = space
         self.model: Supernet = self.space.supernet(cfg, info.num_classes, info.in_channels)
         self.model.to(self.device)
         if cfg.channels_last:
@@ -83,12 +91,6 @@ class SearchRun(EpochRun):
 
             self.probe = Probe(self.model, cfg.analysis_cells, self.out / "analysis.jsonl")
         self._gstep = 0
-        self.benchmark = None
-        # the shipped table by default where the search runs on a data set the benchmark measured; a named
-        # file (benchmark= or $SLDARTS_NB201) for any data set
-        named = cfg.benchmark or os.environ.get(ENV)
-        if self.space.benchmark and self.dist.main and (named or cfg.dataset in BENCHMARK_SETS):
-            self.benchmark = open_benchmark(cfg.benchmark or None, trust=cfg.trust)
 
     def stateful(self) -> dict[str, Any]:
         return {"model": self.model, "w_opt": self.w_opt, "a_opt": self.a_opt, "sched": self.sched}
@@ -253,7 +255,7 @@ def closing_lines(cfg: SearchConfig, space: SearchSpace, result: dict[str, Any],
                      "+ sigmoid derives mostly convolutions")
     nxt = [f"sldarts derive {out}"]
     if space.benchmark:
-        nxt.append(f"sldarts lookup {out}")
+        nxt.append(f"sldarts lookup {out} --benchmark FILE")
     nxt += [f"sldarts retrain {out} epochs=... data_root=...", "your own model and data: docs/custom.md"]
     if cfg.dataset == "digits":
         nxt.insert(1, "sldarts search dataset=cifar10 data_root=DIR")
