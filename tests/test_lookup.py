@@ -150,3 +150,18 @@ def test_search_records_lookups_every_epoch(tmp_path, tiny, monkeypatch):
     rows = [json.loads(line) for line in open(f"{tiny['out']}/metrics.jsonl")]
     assert all("benchmark" in r for r in rows)
     assert res["benchmark"] == open_benchmark(None).query(res["arch"])
+
+
+def test_official_nats_files_load_without_trust_and_agree_with_the_shipped_table():
+    from pathlib import Path
+
+    official = open_benchmark(Path(__file__).parent / "data" / "NATS-tss-v1_0-3ffb9-simple")
+    shipped = open_benchmark(None)
+    for i in (0, 11, 284):  # the cells whose records NATS-Bench ships for its own tests
+        arch = official.archs()[i]
+        got, want = official.query(arch), shipped.query(arch)
+        assert got["index"] == want["index"] == i
+        for d, s in (("cifar10", "valid"), ("cifar10", "test"), ("cifar100", "test"), ("imagenet16-120", "test")):
+            assert round(got[d][s], 4) == want[d][s], (i, d, s)
+        assert got["cifar100"]["valid"] is not None and want["cifar100"]["valid"] is None  # what the files add
+    assert official.extra(0) == {"cifar10_valid_ori_test": 81.52, "params_cifar10": 0.129306}
