@@ -2,12 +2,14 @@
 # CPU-scale comparison of every method preset on real CIFAR-10 images (docs/methods.md, docs/analysis.md):
 # a small NAS-Bench-201 supernet (C=8, N=2), 3,000 training images, 12 epochs, lr 0.025, one seed, two
 # searches at a time on a 2-core machine (about 40 minutes). DARTS runs first order (order=1 for all).
-# Each derived cell is looked up in the NAS-Bench-201 table; `sldarts report` gives the table.
-#   bash benchmarks/methods_cpu.sh [OUT] [DATA_ROOT] [NB201_CSV]
+# Each derived cell is looked up in the NAS-Bench-201 table shipped in the package; `sldarts report` gives
+# the table. The images: CIFAR-10 as image folders, built from the official batches by
+#   sldarts data download cifar10 --root data && python benchmarks/cifar10_folder.py data data/cifar10-png
+#   bash benchmarks/methods_cpu.sh [OUT] [IMAGE_FOLDER_ROOT] [BENCHMARK (default: the shipped table)]
 set -euo pipefail
 OUT=${1:-runs/methods-cpu}
-DATA=${2:-../shared/data/cifar10-jpeg}
-BENCH=${3:-../shared/nb201/nb201_accuracy.csv}
+DATA=${2:-data/cifar10-png}
+BENCH=${3:-}
 sldarts sweep method=single-darts,darts,gdas,drnas,pcdarts,fairdarts,darts-minus,rsps order=1 \
   dataset=imagefolder data_root="$DATA" channels=8 cells=2 train_samples=3000 eval_samples=1000 \
   epochs=12 lr=0.025 threads=1 workers=0 benchmark="$BENCH" progress=lines log_every=50 \

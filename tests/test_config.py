@@ -7,7 +7,7 @@ import pytest
 from sldarts.config import SearchConfig, load_config, parse_overrides
 from sldarts.errors import SldartsError
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parent.parent / "src" / "sldarts" / "configs").glob("*.yaml"))
 
 
 def test_paper_defaults():
@@ -63,6 +63,25 @@ def test_shipped_configs_say_what_their_names_say(path):
         assert c.arch_wd == 0.0
     if "analysis" in path.name:  # Sec. 4.1: both parameter sets by SGD at lr 0.005
         assert (c.arch_optimizer, c.arch_lr) == ("sgd", 0.005)
+
+
+def test_shipped_configs_by_name_from_any_directory(tmp_path, monkeypatch, capsys):
+    from sldarts.cli import main
+    from sldarts.shipped import configs_dir, shipped_configs
+
+    repo = Path(__file__).parent.parent
+    assert (repo / "configs").resolve() == configs_dir().resolve()  # the repository's configs/ is the package's
+    monkeypatch.chdir(tmp_path)
+    for path in CONFIGS:  # by bare name, by file name and by the repository-relative path the docs write
+        for name in (path.stem, path.name, f"configs/{path.name}"):
+            assert load_config(name) == load_config(path)
+    names = shipped_configs()
+    assert {"table1", "table2", "table3", "table3-methods", "table5-darts-imagenet"} <= set(names)
+    assert main(["configs"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listed == list(names)
+    with pytest.raises(SldartsError, match="sldarts configs lists them"):
+        load_config("nb201-single-sigmod")
 
 
 def test_yaml_errors(tmp_path):

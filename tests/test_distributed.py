@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from sldarts.config import SearchConfig
+from sldarts.config import SearchConfig, load_config, parse_overrides
 from sldarts.search_run import search
 
 WORKER = str(Path(__file__).parent / "ddp_worker.py")
@@ -67,3 +67,19 @@ def test_sampling_method_under_torchrun_keeps_ranks_identical(tmp_path):
     # and DDP is told that the unsampled ops' weights go unused in a step
     two_rank_search(tmp_path, 29523, *COMMON, "epochs=1", "method=gdas")
     assert json.load(open(tmp_path / "run" / "result.json"))["config"]["impl"] == "reference"
+
+
+def test_sweep_point_over_two_processes_equals_the_one_process_point(tmp_path, monkeypatch):
+    # --gpus-per-point 2 on CPU: each point is one torchrun (gloo) search over 2 processes; with batch norm
+    # over the global batch (sync_bn) and augmentation drawn for the global batch, it takes the one-process steps
+    from sldarts.sweep import run_sweep
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    items = [*COMMON, "train_samples=64", "epochs=1", "sync_bn=true"]
+    run_sweep(None, items, tmp_path / "two", log=lambda m: None, gpus_per_point=2)
+    res_one = search(load_config(None, parse_overrides([*items, f"out={tmp_path / 'one'}"])))  # 1 process, here
+    two, one = (torch.load(d / "checkpoint.pt", weights_only=True)["model"]["arch.cell"]
+                for d in (tmp_path / "two" / "point", tmp_path / "one"))
+    assert torch.allclose(two, one, rtol=0, atol=1e-6)
+    assert not torch.equal(one, torch.full_like(one, one[0, 0].item()))  # α moved
+    assert json.load(open(tmp_path / "two" / "point" / "result.json"))["arch"] == res_one["arch"]

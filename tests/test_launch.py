@@ -79,3 +79,20 @@ def test_a_finished_sweep_is_skipped_and_missing_submitit_is_one_line(tmp_path, 
     monkeypatch.setitem(sys.modules, "submitit", None)
     assert main(["sweep", "epochs=1", "seed=2,3", "--launcher", "slurm", "--out", str(tmp_path / "t")]) == 2
     assert 'pip install "sldarts[slurm]"' in capsys.readouterr().err
+
+
+def test_slurm_job_of_k_gpus_starts_k_tasks_with_the_passed_through_options(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from sldarts.launch import SlurmOptions, _executor
+
+    (tmp_path / "bin").mkdir()  # submitit looks for srun before it builds a Slurm executor; nothing is submitted
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    ex = _executor("slurm", tmp_path, SlurmOptions("gpu", 4, 8, 120, 16, "proj", "high", "64G", "a100",
+                                                   {"reservation": "r1"}))
+    p = ex._executor.parameters
+    assert (p["ntasks_per_node"], p["gpus_per_node"], p["cpus_per_task"], p["nodes"]) == (4, 4, 8, 1)
+    assert (p["partition"], p["account"], p["qos"], p["mem"], p["constraint"]) == ("gpu", "proj", "high", "64G",
+                                                                                  "a100")
+    assert p["additional_parameters"] == {"reservation": "r1"}

@@ -11,7 +11,7 @@ from sldarts.errors import SldartsError
 from sldarts.report import aggregate, markdown, mean_std, report
 from sldarts.sweep import load_sweep, run_sweep
 
-SWEEPS = sorted((Path(__file__).parent.parent / "configs" / "sweeps").glob("*.yaml"))
+SWEEPS = sorted((Path(__file__).parent.parent / "src" / "sldarts" / "configs" / "sweeps").glob("*.yaml"))
 TINY = ["epochs=1", "train_samples=96", "channels=4", "cells=1", "batch_size=32", "eval_samples=32"]
 
 
@@ -114,3 +114,52 @@ def test_report_puts_the_papers_table3_beside_each_method(tmp_path):
     gdas = [x for x in md.splitlines() if x.startswith("| gdas ")][0]
     assert "| 93.50 ± 0.50 |" in gdas and "| 93.51 ± 0.13 |" in gdas and "| 70.61 ± 0.26 |" in gdas
     assert [x for x in md.splitlines() if x.startswith("| pcdarts ")][0].split(" | ").count("-") == 3  # not in it
+
+
+def test_commas_inside_values_and_list_keys_are_not_grid_axes(tmp_path, capsys):
+    from sldarts.sweep import parse_sweep_args
+
+    base, grid = parse_sweep_args(["logger=tensorboard,wandb", "analysis_cells=first,last", "seed=0,1",
+                                   'out="a,b"', "data_root=c\\,d", 'lr=1,"2,3"'])
+    assert base == {"logger": "tensorboard,wandb", "analysis_cells": "first,last", "out": "a,b", "data_root": "c,d"}
+    assert grid == {"seed": [0, 1], "lr": [1, "2,3"]}  # a quoted value stays one string; the others are parsed
+    _, points = load_sweep(None, ["logger=tensorboard,wandb", "seed=0,1"])
+    assert [p.settings for p in points] == [{"seed": 0}, {"seed": 1}]
+    assert main(["sweep", "logger=tensorboard,wandb", "seed=0,1", "--print", "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 2 and all("logger" not in line for line in out.splitlines())
+    assert "grid: seed (2: 0 | 1) = 2 points" in err
+    with pytest.raises(SldartsError, match="unclosed quote"):
+        load_sweep(None, ['seed="0,1'])
+
+
+def test_gpus_per_point_packs_points_onto_free_gpus(tmp_path, capsys, monkeypatch):
+    assert main(["sweep", "seed=0,1", "--print", "--gpus-per-point", "2", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert all("torch.distributed.run --standalone --nproc-per-node=2 -m sldarts search" in x for x in lines)
+    started, alive = [], set()
+
+    class FakeProc:  # a point that runs for two polls of the pool
+        def __init__(self, cmd, env, **kw):
+            self.pid, self.polls, self.returncode = len(started), 0, None
+            started.append((env["CUDA_VISIBLE_DEVICES"], sorted(alive)))
+            alive.add(env["CUDA_VISIBLE_DEVICES"])
+            self.gpus = env["CUDA_VISIBLE_DEVICES"]
+
+        def poll(self):
+            self.polls += 1
+            if self.polls >= 2:
+                self.returncode = 0
+                alive.discard(self.gpus)
+            return self.returncode
+
+    import sldarts.sweep as sweep_mod
+
+    monkeypatch.setattr(sweep_mod.subprocess, "Popen", FakeProc)
+    monkeypatch.setattr(sweep_mod.time, "sleep", lambda s: None)
+    run_sweep(None, ["seed=0,1,2"], tmp_path / "pool", gpus=["0", "1", "2", "3"], gpus_per_point=2,
+              log=lambda m: None)
+    # two points at once on disjoint pairs; the third waits for a pair to come free
+    assert started[:2] == [("0,1", []), ("2,3", ["0,1"])] and len(started[2][1]) < 2
+    with pytest.raises(SldartsError, match="needs at least 4 GPUs"):
+        run_sweep(None, ["seed=0,1"], tmp_path, gpus=["0", "1"], gpus_per_point=4, log=lambda m: None)

@@ -80,13 +80,24 @@ def _lookup(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sldarts.cells import resolve_cell
-    from sldarts.lookup import open_benchmark, table3
+    from sldarts.lookup import export_csv, open_benchmark, table3
 
+    if args.export_csv:
+        if args.target:
+            raise SldartsError("--export-csv writes the whole table: give no ARCH_STRING|RUN_DIR with it")
+        if not args.benchmark:
+            raise SldartsError("--export-csv needs the official files: --benchmark NATS_DIR (or a NATS-tss "
+                               ".pickle.pbz2, or a NAS-Bench-201 .pth)")
+        n = export_csv(open_benchmark(args.benchmark, trust=args.trust), args.export_csv)
+        print(f"wrote {n} cells to {args.export_csv}")
+        return 0
+    if not args.target:
+        raise SldartsError("lookup needs an ARCH_STRING or a RUN_DIR (or --export-csv OUT)")
     is_run = Path(args.target).is_dir()
     space, target = resolve_cell(args.target if is_run else None, None, None if is_run else args.target)
     if not space.benchmark:
         raise SldartsError(f"{args.target} searched the {space.name} space; look-ups need a NAS-Bench-201 run")
-    bench = open_benchmark(args.benchmark)
+    bench = open_benchmark(args.benchmark, trust=args.trust)
     row = bench.query(target)
     if args.table:
         rows = [("this cell", row)] + ([("optimal", bench.optimal())] if args.optimal else [])
@@ -108,14 +119,51 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.launcher != "local":
         from sldarts.launch import SlurmOptions
 
+        extra = {}
+        for item in args.slurm_param or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise SldartsError(f"--slurm-param {item!r} is not KEY=VALUE (an sbatch option, e.g. reservation=r1)")
+            extra[key.strip()] = value
         slurm = SlurmOptions(args.partition, args.gpus_per_job, args.cpus_per_job, args.time_limit,
-                             args.array_parallelism)
+                             args.array_parallelism, args.account, args.qos, args.mem, args.constraint, extra or None)
+    if args.print:  # stdout holds only the commands; the grid goes to stderr
+        log = lambda m: print(m, file=sys.stderr, flush=True) if m.startswith("grid:") else None  # noqa: E731
     run_sweep(args.config, args.items, args.out, args.parallel, gpus, args.print, log=log, launcher=args.launcher,
-              slurm=slurm)
+              slurm=slurm, gpus_per_point=args.gpus_per_point)
     if not args.print:
         from sldarts.report import report
 
         print(report(args.out))
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from sldarts.data import download as dl
+
+    if args.action == "download":
+        if args.name not in dl.DOWNLOADABLE:
+            raise SldartsError(f"{args.name} has no direct download: sldarts data info {args.name} says where to "
+                               "get it")
+        if not args.root:
+            raise SldartsError("data download needs --root DIR (the data_root of later searches)")
+        folder = dl.download(args.name, args.root, progress=True)
+        print(f"{args.name}: complete in {folder}; search with dataset={args.name} data_root={args.root}")
+    elif args.action == "info":
+        for name in [args.name] if args.name else list(dl.SOURCES):
+            print(dl.info(name))
+    else:
+        if not args.name:
+            raise SldartsError("data check needs the data root: sldarts data check DIR")
+        print("\n".join(dl.check(args.name)))
+    return 0
+
+
+def _configs(args: argparse.Namespace) -> int:
+    from sldarts.shipped import configs_dir, describe
+
+    print(f"shipped configs ({configs_dir()}); use --config NAME:")
+    print("\n".join(describe()))
     return 0
 
 
@@ -177,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sldarts {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s = sub.add_parser("search", help="search a cell (YAML config plus key=value overrides)")
-    s.add_argument("--config", help="YAML file of settings (see configs/)")
+    s.add_argument("--config", help="YAML file of settings, or a shipped config's name (sldarts configs)")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. space=darts optim=bilevel order=2")
     s.set_defaults(func=_search)
     d = sub.add_parser("derive", help="print the derived architecture of a run directory")
@@ -210,28 +258,51 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True, help="path prefix: writes PREFIX_<cell>.dot/.png/.pdf")
     pl.set_defaults(func=_plot)
     lk = sub.add_parser("lookup", help="NAS-Bench-201 accuracies of an arch string or a run's derived cell")
-    lk.add_argument("target", metavar="ARCH_STRING|RUN_DIR")
+    lk.add_argument("target", nargs="?", metavar="ARCH_STRING|RUN_DIR")
     lk.add_argument("--benchmark", help="CSV table, NATS-tss file/folder or NAS-Bench-201 .pth "
-                    "(default $SLDARTS_NB201)")
+                    "(default $SLDARTS_NB201, else the table shipped in the package)")
+    lk.add_argument("--trust", action="store_true", help="allow a pickled benchmark file to load any Python "
+                    "object (runs code; only for files from a source you trust)")
+    lk.add_argument("--export-csv", metavar="OUT", help="write the full table (every cell, every column) "
+                    "of the --benchmark official files to OUT")
     lk.add_argument("--table", action="store_true", help="print the paper's Table 3 layout")
     lk.add_argument("--optimal", action="store_true", help="also give the best accuracies in the benchmark")
     lk.set_defaults(func=_lookup)
     sw = sub.add_parser("sweep", help="run a grid of searches x seeds (key=a,b,c) and report mean ± std")
-    sw.add_argument("--config", help="sweep YAML (base / grid / variants) or a plain search config")
+    sw.add_argument("--config", help="sweep YAML (base / grid / variants) or a plain search config, or a "
+                    "shipped one's name (sldarts configs)")
     sw.add_argument("items", nargs="*", metavar="key=a,b,c", help="grid axes (commas) and fixed settings")
-    sw.add_argument("--out", required=True, help="the sweep directory (re-run to resume)")
+    sw.add_argument("--out", default="sweeps", help="the sweep directory (re-run to resume; default ./sweeps)")
     sw.add_argument("--parallel", type=int, default=1, help="concurrent processes (per GPU with --gpus)")
     sw.add_argument("--gpus", help="comma-separated GPU ids, e.g. 0,1 (several searches may share one)")
     sw.add_argument("--print", action="store_true", help="print one command per unfinished point instead")
     sw.add_argument("--launcher", default="local", choices=["local", "submitit-local", "slurm"],
                     help="local process pool (default), or one submitit job per point (Slurm, or submitit's local "
                     "executor)")
+    sw.add_argument("--gpus-per-point", type=int, default=1, help="local: run each point under torchrun with K "
+                    "processes on K of --gpus (on CPU without --gpus: K gloo processes)")
     sw.add_argument("--partition", help="Slurm partition")
-    sw.add_argument("--gpus-per-job", type=int, default=0, help="Slurm: GPUs per point")
-    sw.add_argument("--cpus-per-job", type=int, default=2, help="Slurm: CPUs per point")
+    sw.add_argument("--gpus-per-job", type=int, default=0, help="Slurm: GPUs per point; K > 1 starts K tasks that "
+                    "form one DDP search")
+    sw.add_argument("--cpus-per-job", type=int, default=2, help="Slurm: CPUs per task")
+    sw.add_argument("--account", help="Slurm account (sbatch --account)")
+    sw.add_argument("--qos", help="Slurm quality of service (sbatch --qos)")
+    sw.add_argument("--mem", help="Slurm memory per node, e.g. 64G (sbatch --mem)")
+    sw.add_argument("--constraint", help="Slurm node features, e.g. a100 (sbatch --constraint)")
+    sw.add_argument("--slurm-param", action="append", metavar="KEY=VALUE", help="any other sbatch option "
+                    "(slurm_additional_parameters), repeatable")
     sw.add_argument("--time-limit", type=int, default=60, help="minutes per job; a timed-out job is requeued")
     sw.add_argument("--array-parallelism", type=int, default=16, help="Slurm: points running at once")
     sw.set_defaults(func=_sweep)
+    cf = sub.add_parser("configs", help="list the configs and sweeps shipped in the package (--config NAME)")
+    cf.set_defaults(func=_configs)
+    da = sub.add_parser("data", help="download CIFAR-10/100 (MD5-verified), say where other data sets come "
+                        "from, check a data root")
+    da.add_argument("action", choices=["download", "info", "check"])
+    da.add_argument("name", nargs="?", metavar="NAME|DIR", help="download/info: cifar10, cifar100, imagenet16-120, "
+                    "imagenet or nats-bench (info: all if omitted); check: the data root")
+    da.add_argument("--root", help="download: the folder to put the data set in (later data_root=)")
+    da.set_defaults(func=_data)
     rp = sub.add_parser("report", help="mean ± std table of a sweep (writes report.md and report.csv)")
     rp.add_argument("sweep_dir")
     rp.add_argument("--benchmark", help="NB201 benchmark for a budget sweep's accuracy vs cost (default "

@@ -213,6 +213,12 @@ class SearchConfig(RunOptions, CostOptions):
     auto_lr_factor: float = field(default=5.0, metadata=_range(1, lo_open=True))
     auto_lr_tries: int = field(default=3, metadata=_range(1))
     benchmark: str = ""  # NB201 benchmark file for per-epoch look-ups ($SLDARTS_NB201 if empty)
+    trust: bool = field(default=False, metadata={"help": "let a pickled benchmark file (NATS-Bench, .pth) load "
+                                                 "any Python object; off: only plain data is read, since "
+                                                 "unpickling other objects runs code"})
+    sync_bn: bool = field(default=False, metadata={"help": "batch norm over the global batch of all torchrun "
+                                                   "processes (as one process computes it), not per process; "
+                                                   "runs the reference cells"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -365,9 +371,12 @@ def parse_overrides(items: typing.Sequence[str]) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
+    from sldarts.shipped import find_config
+
+    p = find_config(path)  # a file, or the name of a shipped config
     if not p.is_file():
-        raise SldartsError(f"config file {p} does not exist; pass an existing YAML file to --config")
+        raise SldartsError(f"config file {p} does not exist; pass an existing YAML file to --config, or the "
+                           "name of a shipped one (sldarts configs lists them)")
     try:
         data = yaml.safe_load(p.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -64,6 +64,49 @@ def _attempt_store(rank: int, world: int) -> dist.Store | None:
     return dist.PrefixStore(f"sldarts/attempt{attempt}/", store)
 
 
+class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """Batch norm whose training statistics are those of the global batch, summed over all ranks (gloo or
+    nccl, CPU or GPU), computed by the same formula in one process: a K-process search then takes the steps
+    of the one-process search with the same global batch, up to the order of floating-point sums.
+    Evaluation (``eval()``) keeps each rank's own statistics and makes no collective call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if not self.training:
+            if self.running_mean is not None:
+                return super().forward(x)
+        c = x.shape[1]
+        flat = x.transpose(0, 1).reshape(c, -1).double()
+        stats = torch.cat([flat.sum(1), (flat * flat).sum(1), flat.new_full((1,), flat.shape[1])])
+        if self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            from torch.distributed.nn.functional import all_reduce
+
+            stats = all_reduce(stats)
+        n = stats[2 * c]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.training and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.to(x.dtype), alpha=m)
+                self.running_var.mul_(1 - m).add_((var * n / (n - 1).clamp_min(1)).to(x.dtype), alpha=m)
+        shape = (1, c, 1, 1)
+        y = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var + self.eps).to(x.dtype).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def use_global_batch_norm(model: torch.nn.Module) -> int:
+    """Turn every ``nn.BatchNorm2d`` of MODEL into a GlobalBatchNorm2d in place; returns how many."""
+    n = 0
+    for m in model.modules():
+        if type(m) is torch.nn.BatchNorm2d:
+            m.__class__ = GlobalBatchNorm2d
+            n += 1
+    return n
+
+
 def all_sum(*values: torch.Tensor) -> list[torch.Tensor]:
     """Sum tensors over ranks (no-op on one process)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

@@ -24,13 +24,19 @@ JOBS = "jobs.json"
 
 @dataclass
 class SlurmOptions:
-    """What each point's job asks for (Slurm), and the time limit (both executors)."""
+    """What each point's job asks for (Slurm), and the time limit (both executors). With ``gpus_per_job`` K > 1
+    the job starts K tasks, one per GPU, which join one DDP search through submitit's distributed environment."""
 
     partition: str | None = None
     gpus_per_job: int = 0
     cpus_per_job: int = 2
     time_limit_min: int = 60
     array_parallelism: int = 16
+    account: str | None = None
+    qos: str | None = None
+    mem: str | None = None  # e.g. 64G (Slurm --mem)
+    constraint: str | None = None
+    additional: dict[str, str] | None = None  # any other sbatch option: slurm_additional_parameters
 
 
 def _submitit():
@@ -58,6 +64,13 @@ class PointJob(_Requeueable):  # type: ignore[misc,valid-type]
     def __call__(self) -> int:
         from sldarts.cli import main
 
+        try:
+            import submitit
+
+            if submitit.JobEnvironment().num_tasks > 1:  # K tasks of one job: one DDP search
+                submitit.helpers.TorchDistributedEnvironment().export()
+        except (ImportError, RuntimeError):  # not inside a submitit job (a direct call)
+            pass
         code = main(self.argv)
         if code != 0:
             raise RuntimeError(f"the sweep point exited with {code}; see the job's log")
@@ -99,9 +112,12 @@ def _executor(launcher: str, folder: Path, opts: SlurmOptions):
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
     params: dict[str, Any] = dict(timeout_min=opts.time_limit_min, cpus_per_task=opts.cpus_per_job,
                                   gpus_per_node=opts.gpus_per_job, slurm_array_parallelism=opts.array_parallelism,
-                                  name="sldarts")
-    if opts.partition:
-        params["slurm_partition"] = opts.partition
+                                  name="sldarts", tasks_per_node=max(opts.gpus_per_job, 1), nodes=1)
+    for key in ("partition", "account", "qos", "mem", "constraint"):
+        if getattr(opts, key):
+            params[f"slurm_{key}"] = getattr(opts, key)
+    if opts.additional:
+        params["slurm_additional_parameters"] = dict(opts.additional)
     ex.update_parameters(**params)
     return ex
 

@@ -19,7 +19,7 @@ from sldarts.errors import SldartsError
 # Keys that may differ between a run and its resumption without changing what it computes (beyond float
 # rounding); channels_last also lets runs written before it existed resume.
 OPERATIONAL = {"resume", "overwrite", "device", "progress", "workers", "threads", "log_every", "out", "benchmark",
-               "logger", "channels_last"}
+               "logger", "channels_last", "trust"}
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json", "log.txt", "genotype.json",
              "loggers.json", "analysis.jsonl")
 RUN_DIRS = ("tensorboard", "wandb", "mlruns")  # the dashboards' own files

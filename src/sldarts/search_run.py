@@ -18,7 +18,7 @@ from sldarts.config import SearchConfig, load_config
 from sldarts.data import Cycle, SearchData, build_search_data
 from sldarts.decided import margins, note, stability
 from sldarts.errors import SldartsError
-from sldarts.lookup import ENV, open_benchmark
+from sldarts.lookup import BENCHMARK_SETS, ENV, open_benchmark
 from sldarts.methods import Method, resolve
 from sldarts.run import EpochRun, accuracy, autocast_for
 from sldarts.rundir import read_metrics
@@ -45,6 +45,14 @@ class SearchRun(EpochRun):
 
     def build(self) -> None:
         cfg = self.cfg
+        # first, so that a missing or refused benchmark stops the search before the data are read: the
+        # shipped table by default on a data set the benchmark measured, a named file (benchmark= or
+        # $SLDARTS_NB201) on any data set
+        self.benchmark = None
+        named = cfg.benchmark or os.environ.get(ENV)
+        space = cfg.search_space() if self._user_model is None else None
+        if space is not None and space.benchmark and self.dist.main and (named or cfg.dataset in BENCHMARK_SETS):
+            self.benchmark = open_benchmark(cfg.benchmark or None, trust=cfg.trust)
         self.data: SearchData = build_search_data(cfg, self.device, self.dist.rank, self.dist.world,
                                                   self._train_data, self._valid_data)
         self.train_loader = self.data.train
@@ -55,13 +63,17 @@ class SearchRun(EpochRun):
             model = self._user_model
             self.space: SearchSpace = ModelSpace(lambda num_classes, in_channels: model, cfg.space)
         else:
-            self.space = cfg.search_space()
+            self.space = space
         self.model: Supernet = self.method.apply(self.space.supernet(cfg, info.num_classes, info.in_channels))
         self.cost = self._cost_term()  # counted on the CPU copy, before the model moves; a loss part of the method
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.net: torch.nn.Module = self.model
+        if cfg.sync_bn:
+            from sldarts.distributed import use_global_batch_norm
+
+            use_global_batch_norm(self.model)
         if self.dist.world > 1:
             if cfg.optim == "bilevel" and cfg.order == 2:
                 raise SldartsError("second-order bi-level search is not supported under torchrun: its "
@@ -82,9 +94,6 @@ class SearchRun(EpochRun):
 
             self.probe = Probe(self.model, cfg.analysis_cells, self.out / "analysis.jsonl")
         self._gstep = 0
-        self.benchmark = None
-        if self.space.benchmark and self.dist.main and (cfg.benchmark or os.environ.get(ENV)):
-            self.benchmark = open_benchmark(cfg.benchmark or None)
 
     def _cost_term(self) -> Any:
         """cost=...: the cost model of this space and the loss part on α (sldarts.budget)."""

@@ -38,20 +38,70 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+LIST_KEYS = ("logger", "analysis_cells")  # keys whose one value is a comma-separated list: never grid axes
+
+
+def split_values(raw: str) -> list[tuple[str, bool]]:
+    """Split ``a,b,c`` at commas that are neither escaped (``a\\,b``) nor quoted (``"a,b"``); each value
+    comes with whether it was quoted or escaped (then it is a literal string, not parsed as YAML)."""
+    values: list[tuple[str, bool]] = []
+    cur, quote, esc, literal = "", "", False, False
+    for ch in raw:
+        if esc:
+            cur, esc = cur + ch, False
+        elif ch == "\\":
+            esc = literal = True
+        elif quote:
+            if ch == quote:
+                quote = ""
+            else:
+                cur += ch
+        elif ch in "\"'":
+            quote, literal = ch, True
+        elif ch == ",":
+            values.append((cur, literal))
+            cur, literal = "", False
+        else:
+            cur += ch
+    if quote or esc:
+        raise SldartsError(f"sweep value {raw!r}: unclosed quote or trailing backslash")
+    values.append((cur, literal))
+    return values
+
+
 def parse_sweep_args(items: list[str]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    """``["lr=0.001,0.005", "epochs=50"]`` -> base {epochs: 50}, grid {lr: [0.001, 0.005]}."""
+    """``["lr=0.001,0.005", "epochs=50"]`` -> base {epochs: 50}, grid {lr: [0.001, 0.005]}. A comma inside
+    quotes (``key="a,b"``) or escaped (``key=a\\,b``) belongs to the value; list-valued keys (LIST_KEYS) keep
+    their whole value."""
     base: dict[str, Any] = {}
     grid: dict[str, list[Any]] = {}
     for item in items:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise SldartsError(f"sweep argument {item!r} is not key=value or key=a,b,c")
-        values = [yaml.safe_load(v) if v.strip() else None for v in raw.split(",")]
+        parts = split_values(raw)
+        if key in LIST_KEYS:
+            parts = [(",".join(v for v, _ in parts), True)]
+        values = [v if literal else (yaml.safe_load(v) if v.strip() else None) for v, literal in parts]
         if len(values) > 1:
-            grid[key.strip()] = values
+            grid[key] = values
         else:
-            base[key.strip()] = values[0]
+            base[key] = values[0]
     return base, grid
+
+
+def describe_grid(points: list[Point]) -> str:
+    """The axes of a sweep as they will run: each key that varies and its values."""
+    axes: dict[str, list[str]] = {}
+    for p in points:
+        for k, v in p.settings.items():
+            if _fmt(v) not in axes.setdefault(k, []):
+                axes[k].append(_fmt(v))
+    if not axes:
+        return "grid: one point (no axis)"
+    return "grid: " + " x ".join(f"{k} ({len(v)}: {' | '.join(v)})" for k, v in axes.items()) + \
+        f" = {len(points)} points"
 
 
 def load_sweep(path: str | Path | None, items: list[str]) -> tuple[dict[str, Any], list[Point]]:
@@ -87,8 +137,14 @@ def load_sweep(path: str | Path | None, items: list[str]) -> tuple[dict[str, Any
     return base, points
 
 
-def point_command(sweep_dir: Path, point: Point, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "sldarts", "search", "--config", str(sweep_dir / "base.yaml")]
+def point_command(sweep_dir: Path, point: Point, resume: bool, nproc: int = 1) -> list[str]:
+    """The point's search command; with ``nproc`` > 1 under torchrun (one DDP search over nproc processes,
+    a free rendezvous port of its own, so points run side by side)."""
+    launch = [sys.executable, "-m", "sldarts"]
+    if nproc > 1:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                  "-m", "sldarts"]
+    cmd = [*launch, "search", "--config", str(sweep_dir / "base.yaml")]
     cmd += [f"{k}={_fmt(v)}" for k, v in point.settings.items()]
     cmd += [f"out={point.run_dir(sweep_dir)}", "progress=lines"]
     if resume:
@@ -107,11 +163,17 @@ def status(sweep_dir: Path, point: Point) -> str:
 
 def run_sweep(path: str | Path | None, items: list[str], out: str | Path, parallel: int = 1,
               gpus: list[str] | None = None, print_only: bool = False, log=print, launcher: str = "local",
-              slurm: Any = None) -> list[dict[str, Any]]:
+              slurm: Any = None, gpus_per_point: int = 1) -> list[dict[str, Any]]:
     """Run (or print) every unfinished point; returns one dict per point with its status. ``launcher``:
-    ``local`` (a process pool here), ``slurm`` or ``submitit-local`` (one submitit job per point)."""
+    ``local`` (a process pool here), ``slurm`` or ``submitit-local`` (one submitit job per point).
+    ``gpus_per_point`` K > 1: each local point is one torchrun search over K processes, on K of ``gpus``
+    (the pool packs points onto the GPUs free at the time; on CPU, K gloo processes)."""
     sweep_dir = Path(out)
     base, points = load_sweep(path, items)
+    k = max(gpus_per_point, 1)
+    if gpus and k > len(gpus):
+        raise SldartsError(f"--gpus-per-point {k} needs at least {k} GPUs in --gpus, got {len(gpus)}")
+    log(describe_grid(points))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     base_file = sweep_dir / "base.yaml"
     text = yaml.safe_dump(base, sort_keys=False)
@@ -124,41 +186,56 @@ def run_sweep(path: str | Path | None, items: list[str], out: str | Path, parall
     log(f"sweep {sweep_dir}: {len(points)} points, {len(points) - len(todo)} done, {len(todo)} to run")
     if print_only:
         for p in todo:
-            print(shlex.join(point_command(sweep_dir, p, status(sweep_dir, p) == "partial")))
+            print(shlex.join(point_command(sweep_dir, p, status(sweep_dir, p) == "partial", k)))
         return [{"name": p.name, "status": status(sweep_dir, p)} for p in points]
     if launcher != "local":
         from sldarts.launch import SlurmOptions, run_jobs
 
         argv = [(p.name, [*point_command(sweep_dir, p, False)[3:], "resume=auto"]) for p in todo]
+        if launcher == "slurm" and slurm is not None and slurm.gpus_per_job > 1:  # K tasks, one DDP search
+            argv = [(n, [*a, "device=cuda"]) for n, a in argv]
         failed = run_jobs(sweep_dir, argv, launcher, slurm or SlurmOptions(), log=log)
         if failed:
             raise SldartsError(f"{len(failed)} of {len(todo)} points did not finish ({', '.join(failed[:3])}); see "
                                f"{sweep_dir}/.submitit/*_log.*, fix, and run the same command again to resume them")
         return [{"name": p.name, "status": status(sweep_dir, p)} for p in points]
-    slots = [g for g in (gpus or [None]) for _ in range(max(parallel, 1))] if gpus else [None] * max(parallel, 1)
-    running: dict[int, tuple[subprocess.Popen, Point, Any]] = {}
+    # capacity: `parallel` searches per GPU (or in all, on CPU); a point takes one unit on each of its K GPUs
+    free = {g: max(parallel, 1) for g in gpus} if gpus else {None: max(parallel, 1)}
+    running: dict[int, tuple[subprocess.Popen, Point, Any, list[Any]]] = {}
     queue = list(todo)
     failed: list[str] = []
     while queue or running:
-        for slot, gpu in enumerate(slots):
-            if slot in running or not queue:
-                continue
+        while queue:
+            if gpus:
+                devs = sorted((g for g in free if free[g] > 0), key=lambda g: -free[g])[:k]
+                if len(devs) < k:
+                    break
+            elif free[None] > 0:
+                devs = [None]
+            else:
+                break
+            for g in devs:
+                free[g] -= 1
             p = queue.pop(0)
-            cmd = point_command(sweep_dir, p, status(sweep_dir, p) == "partial")
+            cmd = point_command(sweep_dir, p, status(sweep_dir, p) == "partial", k)
             env = dict(os.environ)
-            if gpu is not None:
-                env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in devs)
                 cmd.append("device=cuda")
             p.run_dir(sweep_dir).mkdir(parents=True, exist_ok=True)
             logf = open(p.run_dir(sweep_dir) / "sweep.log", "a")
-            running[slot] = (subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), p, logf)
-            log(f"started {p.name}" + (f" on GPU {gpu}" if gpu is not None else ""))
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            running[proc.pid] = (proc, p, logf, devs)
+            log(f"started {p.name}" + (f" on GPU {','.join(str(g) for g in devs)}" if gpus else "")
+                + (f" ({k} processes)" if k > 1 else ""))
         time.sleep(0.2)
-        for slot in list(running):
-            proc, p, logf = running[slot]
+        for pid in list(running):
+            proc, p, logf, devs = running[pid]
             if proc.poll() is not None:
                 logf.close()
-                del running[slot]
+                del running[pid]
+                for g in devs:
+                    free[g] += 1
                 if proc.returncode == 0:
                     log(f"finished {p.name}")
                 else:

@@ -27,11 +27,20 @@ def _seed(*parts: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
-def cutout_batch(x: Tensor, length: int, gen: torch.Generator) -> Tensor:
-    """Zero one length x length square per image, centred uniformly at random and clipped (DeVries & Taylor)."""
+def _mine(draw: Tensor, share: tuple[int, int]) -> Tensor:
+    """This rank's part of random draws made for the whole global batch (rank r takes every world-th)."""
+    rank, world = share
+    return draw[rank::world] if world > 1 else draw
+
+
+def cutout_batch(x: Tensor, length: int, gen: torch.Generator, total: int = 0,
+                 share: tuple[int, int] = (0, 1)) -> Tensor:
+    """Zero one length x length square per image, centred uniformly at random and clipped (DeVries & Taylor).
+    ``total``/``share``: draw for the global batch of ``total`` images and keep rank/world's share of them."""
     b, _, h, w = x.shape
-    cy = torch.randint(0, h, (b, 1, 1), generator=gen, device=x.device)
-    cx = torch.randint(0, w, (b, 1, 1), generator=gen, device=x.device)
+    n = total or b
+    cy = _mine(torch.randint(0, h, (n, 1, 1), generator=gen, device=x.device), share)
+    cx = _mine(torch.randint(0, w, (n, 1, 1), generator=gen, device=x.device), share)
     ys = torch.arange(h, device=x.device)[None, :, None]
     xs = torch.arange(w, device=x.device)[None, None, :]
     half = length // 2
@@ -39,20 +48,23 @@ def cutout_batch(x: Tensor, length: int, gen: torch.Generator) -> Tensor:
     return x * (~inside)[:, None].to(x.dtype)
 
 
-def augment_batch(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:
-    """Random crop with zero padding and horizontal flip, per sample, without a Python loop."""
+def augment_batch(x: Tensor, pad: int, flip: bool, gen: torch.Generator, total: int = 0,
+                  share: tuple[int, int] = (0, 1)) -> Tensor:
+    """Random crop with zero padding and horizontal flip, per sample, without a Python loop. ``total``/``share``:
+    draw for the global batch and keep this rank's share, so that N processes augment as one process does."""
     b, _, h, w = x.shape
+    n = total or b
     if pad > 0:
         xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
+        oy = _mine(torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device), share)
+        ox = _mine(torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device), share)
         rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         bi = torch.arange(b, device=x.device)[:, None, None, None]
         ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
         x = xp[bi, ci, rows, cols]
     if flip:
-        mask = torch.rand(b, generator=gen, device=x.device) < 0.5
+        mask = _mine(torch.rand(n, generator=gen, device=x.device), share) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
     return x
 
@@ -124,15 +136,19 @@ class TensorLoader(_Sharded):
     def batch(self, epoch: int, k: int) -> tuple[Tensor, Tensor]:
         """Batch ``k`` (taken modulo the epoch length) of ``epoch``: normalised float images, labels."""
         k %= len(self)
-        sel = self._mine(self._order(epoch), k)
+        order = self._order(epoch)
+        sel = self._mine(order, k)
         x = self.x.index_select(0, sel)
         g = None
+        # random draws for the whole global batch, this rank's share kept: N processes augment as one does
+        total = len(order[k * self.batch_size * self.world:(k + 1) * self.batch_size * self.world])
+        share = (self.rank, self.world)
         if self.augment:
             g = torch.Generator(device=self.device).manual_seed(_seed(self.seed, self.stream, epoch, k, 1))
-            x = augment_batch(x, self.info.pad, self.info.flip, g)
+            x = augment_batch(x, self.info.pad, self.info.flip, g, total, share)
         x = (x.float() - self.mean) / self.std
         if self.cutout and g is not None:  # after normalisation, as in DARTS: the square becomes 0
-            x = cutout_batch(x, self.cutout, g)
+            x = cutout_batch(x, self.cutout, g, total, share)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.y.index_select(0, sel)

@@ -1,6 +1,6 @@
 """Readers for the on-disk formats, each returning uint8 image arrays and int64 labels.
 
-No downloads: every reader says what file it expected where when a data set is missing. Pickles
+Readers never download: a missing data set's error names the command that fetches it (data/download.py). Pickles
 (CIFAR, ImageNet16) are read with an unpickler that only rebuilds numpy arrays and plain containers.
 """
 
@@ -100,8 +100,11 @@ def _find_dir(root: Path, name: str, probe: str) -> Path:
     for cand in (root / name, root):
         if (cand / probe).exists():
             return cand
+    get = {"cifar-10-batches-py": f"get it with: sldarts data download cifar10 --root {root}",
+           "cifar-100-python": f"get it with: sldarts data download cifar100 --root {root}"}.get(
+        name, "sldarts data info imagenet16-120 says where to get it")
     raise SldartsError(f"data set not found: expected {root / name / probe} (the standard python-pickle "
-                       f"'{name}' folder) under data_root={root}")
+                       f"'{name}' folder) under data_root={root}; {get}")
 
 
 def _read_batches(folder: Path, files: list[str], label_key: str) -> ArrayData:

@@ -274,7 +274,8 @@ def resolve(cfg: Any) -> Method:
     unused = {n for cls in builtin if cls.name not in used for n in cls.option_names()}
     unused -= {n for p in parts for n in p.option_names()}
     cfg._unused_keys = frozenset(unused)
-    if cfg.impl == "fused" and not method.fused_ok:  # recorded in config.yaml as the cells that run
+    # recorded in config.yaml as the cells that run; sync_bn (batch norm over the global batch) needs the reference cells
+    if cfg.impl == "fused" and (not method.fused_ok or getattr(cfg, "sync_bn", False)):
         cfg.impl = "reference"
     return method
 
