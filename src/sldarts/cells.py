@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import yaml
 
 from sldarts.decided import margins
 from sldarts.errors import SldartsError
-from sldarts.rundir import read_metrics
+from sldarts.rundir import read_metrics, read_result
 from sldarts.spaces import ARCH_SPACE, GENOTYPE_SPACE, SearchSpace, get_space
 from sldarts.spaces.base import DERIVE_RULES
 
@@ -31,7 +30,7 @@ def derive(run_dir: str | Path, rule: str | None = None) -> dict[str, Any]:
     if rule is not None:
         return _rederive(run, rule)
     if (run / "result.json").exists():
-        res = json.loads((run / "result.json").read_text())
+        res = read_result(run)
         key = _key(res["space"], res)
         return {"space": res["space"], "arch_key": key, key: res[key], "param_free_ratio": res["param_free_ratio"],
                 "finished": True}

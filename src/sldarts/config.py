@@ -266,6 +266,18 @@ class SearchConfig(RunOptions):
             raise SldartsError(f"config: order=2 needs optim=bilevel ({self.optim} has no unrolled step)")
         if self.order == 2 and self.arch_data == "train":
             raise SldartsError("config: order=2 with arch_data=train is not a setting of the paper; use order=1")
+        _check_applies(self)
+
+
+def _check_applies(cfg: SearchConfig) -> None:
+    """A data-split key that the chosen optimisation would silently ignore is refused."""
+    if cfg.optim != "bilevel" and cfg.arch_data != "valid":
+        raise SldartsError(f"config: arch_data={cfg.arch_data} applies to optim=bilevel only ({cfg.optim} updates "
+                           "α on the training batches); drop it or set optim=bilevel")
+    if not (cfg.optim == "bilevel" and cfg.arch_data == "valid") and cfg.train_portion != 0.5:
+        raise SldartsError(f"config: train_portion={cfg.train_portion} splits the data only for optim=bilevel "
+                           f"arch_data=valid (optim={cfg.optim} arch_data={cfg.arch_data} uses all of it); "
+                           "drop it, or use data_fraction to search on less data")
 
 
 # method= presets: the keys each method sets (docs/methods.md). Keys given explicitly win, so a preset
