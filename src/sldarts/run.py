@@ -23,6 +23,7 @@ import yaml
 from torch import Tensor
 
 from sldarts import checkpoint as ckpt
+from sldarts.blame import reraise
 from sldarts.distributed import all_sum, barrier, broadcast_buffers, setup
 from sldarts.errors import SldartsError
 from sldarts.loggers import Loggers, flatten
@@ -191,7 +192,12 @@ class EpochRun:
         barrier()
         self.progress = Progress(cfg.progress, cfg.log_every, self.out / "log.txt", enabled=self.dist.main)
         torch.manual_seed(cfg.seed)
-        self.build()
+        self._shape: tuple[int, ...] | None = None  # the batch in flight, for errors in the user's code
+        try:
+            self.build()
+        except (Exception, SystemExit) as exc:
+            reraise(exc)
+            raise
         self.epoch = 0  # epochs completed
         self.step_in_epoch = 0  # steps completed within the current epoch (graceful stop)
         self.partial = Partial()
@@ -355,6 +361,7 @@ class EpochRun:
         self.progress.start_epoch(e + 1, self.cfg.epochs, steps, start)
         skipped = int(self.partial.skipped)
         for k, (x, y) in enumerate(loader.epoch(e, start), start=start + 1):
+            self._shape = tuple(x.shape)
             out = self.train_step(x, y)
             if out.skipped:
                 skipped += 1
@@ -400,6 +407,9 @@ class EpochRun:
                                    self.epoch * len(self.train_loader) + self.step_in_epoch, enabled=self.dist.main)
             try:
                 return self._run()
+            except (Exception, SystemExit) as exc:
+                reraise(exc, self._shape)
+                raise
             finally:
                 self.loggers.finish()
                 if self.dist.main:  # the dashboards' folders this run created are its own
