@@ -28,6 +28,17 @@ def _library_dirs() -> tuple[str, ...]:
 _LIBS = _library_dirs()
 
 
+def _arg_shape(frame) -> tuple[int, ...] | None:
+    import torch
+
+    code = frame.f_code
+    for name in code.co_varnames[:code.co_argcount]:
+        value = frame.f_locals.get(name)
+        if isinstance(value, torch.Tensor):
+            return tuple(value.shape)
+    return None
+
+
 def _whose(filename: str) -> str:
     """'sldarts', 'library' or 'user'."""
     if filename.startswith("<"):
@@ -38,18 +49,25 @@ def _whose(filename: str) -> str:
     return "library" if path.startswith(_LIBS) else "user"
 
 
-def user_frame(tb: TracebackType | None) -> tuple[str, str, int] | None:
-    """(file, function, line) of the innermost user frame, if nothing but libraries ran below it."""
-    found = None
+# sldarts's building blocks that call the user's own modules (a Choice runs the user's candidates)
+_PASS_THROUGH = (str(Path(_SLDARTS) / "nn.py"),)
+
+
+def user_frame(tb: TracebackType | None) -> tuple[str, str, int, tuple[int, ...] | None] | None:
+    """(file, function, line, shape of its first tensor argument) of the innermost user frame, if only
+    libraries (or sldarts.nn's choices, which call the user's candidates) ran below it and the exception was
+    not raised by sldarts itself."""
+    found, last = None, "library"
     while tb is not None:
         code = tb.tb_frame.f_code
-        who = _whose(code.co_filename)
+        last = who = _whose(code.co_filename)
         if who == "user":
-            found = (code.co_filename, getattr(code, "co_qualname", code.co_name), tb.tb_lineno)
-        elif who == "sldarts":
+            found = (code.co_filename, getattr(code, "co_qualname", code.co_name), tb.tb_lineno,
+                     _arg_shape(tb.tb_frame))
+        elif who == "sldarts" and not str(Path(code.co_filename).resolve()).startswith(_PASS_THROUGH):
             found = None  # sldarts code below the user's: not the user's mistake
         tb = tb.tb_next
-    return found
+    return None if last == "sldarts" else found
 
 
 _HINTS = [
@@ -81,13 +99,14 @@ def blame(exc: BaseException, shape: tuple[int, ...] | None = None) -> SldartsEr
     where = user_frame(exc.__traceback__)
     if where is None:
         return None
-    file, func, line = where
+    file, func, line, arg = where
+    shape = arg or shape
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, SystemExit):
         what = f"called sys.exit({exc.code!r})"
     else:
         what = f"raised {type(exc).__name__}: {first[:200]}"
-    on = f" on a batch of shape {tuple(shape)}" if shape is not None else ""
+    on = f" on an input of shape {tuple(shape)}" if shape is not None else ""
     return SldartsError(f"your code {Path(file).name}:{func} (line {line}){on} {what}{hint(first)}")
 
 

@@ -121,9 +121,6 @@ def export(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
     """Write ``out``: TorchScript (``torch.jit.load``) or ONNX (``onnxruntime``), dynamic batch size."""
     if fmt not in FORMATS:
         raise SldartsError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    loaded = load(run_dir)
-    net = LogitsOnly(copy.deepcopy(loaded.model)).eval()
-    example = torch.zeros(2, *loaded.shape)
     out = Path(out)
     if out.is_dir():
         name = "model.pt" if fmt == "torchscript" else "model.onnx"
@@ -131,6 +128,9 @@ def export(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
     from sldarts.plot import make_parent
 
     make_parent(out)
+    loaded = load(run_dir)
+    net = LogitsOnly(copy.deepcopy(loaded.model)).eval()
+    example = torch.zeros(2, *loaded.shape)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in 2.13, still asked for
         warnings.simplefilter("ignore", FutureWarning)

@@ -166,7 +166,15 @@ def lock_run_dir(out: Path, wait: float = 0.0, say: bool = True) -> None:
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
+            try:
+                same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed the file as we waited: lock the one there now
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            continue
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 os.close(fd)
@@ -184,9 +192,12 @@ def lock_run_dir(out: Path, wait: float = 0.0, say: bool = True) -> None:
     _HELD[key] = fd
 
 
-def unlock_run_dir(out: Path) -> None:
+def unlock_run_dir(out: Path, remove: bool = False) -> None:
+    """Release the lock (``remove``: and delete its file first, as for a directory that was refused)."""
     fd = _HELD.pop(str(Path(out).resolve()), None)
     if fd is not None:
+        if remove:
+            (Path(out) / LOCK).unlink(missing_ok=True)
         os.close(fd)  # closing the descriptor releases the flock
 
 
@@ -211,8 +222,16 @@ def record_changes(out: Path, new: dict[str, Any], epoch: int, step: int) -> dic
 
 
 def prepare_run_dir(cfg: Any, default: Path, main: bool = True) -> tuple[Path, bool]:
-    """Create or check the run directory. Returns (path, resume requested and allowed)."""
+    """Create or check the run directory, holding its lock. Returns (path, resume requested and allowed)."""
     out = Path(cfg.out) if cfg.out else default
+    try:
+        return _prepare(cfg, out, main)
+    except SldartsError:  # refused: the directory is left as it was found
+        unlock_run_dir(out, remove=main and LOCK not in (owned(out) or []))
+        raise
+
+
+def _prepare(cfg: Any, out: Path, main: bool) -> tuple[Path, bool]:
     if out.exists() and not out.is_dir():
         raise SldartsError(f"out={out} is a file, not a directory")
     if main:
