@@ -4,9 +4,9 @@ key=value settings are taken anywhere. Most checks need no training; the rest sh
 
 import json
 import os
-import subprocess
-import sys
+import signal
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,20 +81,25 @@ def test_overwrite_leaves_foreign_files_and_refuses_unmarked_folders(tmp_path, c
 def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holder_frees_the_lock(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
-    code = f"from sldarts.rundir import lock_run_dir; lock_run_dir({str(run)!r}); print('locked', flush=True); " \
-           "import time; time.sleep(120)"
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    r, w = os.pipe()
+    pid = os.fork()  # the holder: another process with the run directory's lock
+    if pid == 0:
+        try:
+            lock_run_dir(run)
+            os.write(w, b"1")
+            time.sleep(120)
+        finally:
+            os._exit(0)
     try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(SldartsError, match=f"in use by pid {holder.pid} on .*lock_wait=SECONDS"):
+        assert os.read(r, 1) == b"1"
+        with pytest.raises(SldartsError, match=f"in use by pid {pid} on .*lock_wait=SECONDS"):
             lock_run_dir(run)
         with pytest.raises(SldartsError, match="in use by"):
             search(SearchConfig(**dict(TINY, out=str(run))))
         assert sorted(p.name for p in run.iterdir()) == [LOCK]  # refused before writing anything
     finally:
-        holder.kill()  # kill -9: the kernel drops the flock, no stale lock is left behind
-        holder.wait()
+        os.kill(pid, signal.SIGKILL)  # kill -9: the kernel drops the flock, no stale lock is left behind
+        os.waitpid(pid, 0)
     lock_run_dir(run, wait=5)
     unlock_run_dir(run)
 
