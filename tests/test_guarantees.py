@@ -318,3 +318,15 @@ def test_no_file_is_written_through_a_symlink_or_into_a_file(tmp_path, capsys):
 
     with pytest.raises(SldartsError, match="is a directory; name the file to write"):
         export(run, "torchscript", tmp_path)
+
+
+def test_code_a_run_directory_names_is_announced_before_it_is_imported(tmp_path, capsys, monkeypatch):
+    from sldarts.cells import run_space
+
+    monkeypatch.chdir(tmp_path)
+    Path("named.py").write_text("import sys\nprint('IMPORTED', file=sys.stderr)\n" + USER)
+    run_space("named.py:good", tmp_path / "run")
+    run_space("named.py:good", tmp_path / "run")  # said once
+    err = capsys.readouterr().err
+    assert err.index("sldarts: importing named.py (space: named.py:good in ") < err.index("IMPORTED")
+    assert err.count("sldarts: importing") == 1

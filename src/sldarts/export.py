@@ -80,12 +80,12 @@ def _input(res: dict[str, Any]) -> dict[str, Any]:
 
 def load(run_dir: str | Path) -> Loaded:
     """The trained network of a retrain run, or the searched user model fixed with its choices."""
-    from sldarts.spaces import get_space
+    from sldarts.cells import run_space
 
     run = Path(run_dir)
     cfg, res = _read(run)
     spec = _input(res)
-    space = get_space(res["space"])
+    space = run_space(res["space"], run)
     arch = res[res.get("arch_key", "arch")]
     c = spec["shape"][0]
     if "recipe" in cfg:  # a retrain run: the evaluation network and its weights
