@@ -196,6 +196,7 @@ class EpochRun:
         try:
             self.build()
         except (Exception, SystemExit) as exc:
+            self._release()
             reraise(exc)
             raise
         self.epoch = 0  # epochs completed
@@ -206,7 +207,16 @@ class EpochRun:
         self.skipped_steps = 0  # non-finite batches dropped in the last epoch (nan_policy=skip)
         self.resuming = resuming and (self.out / "checkpoint.pt").exists()
         if self.resuming:
-            self._load()
+            try:
+                self._load()
+            except BaseException:
+                self._release()
+                raise
+
+    def _release(self) -> None:
+        """A run that cannot start gives its directory's lock back at once (not at the process's end)."""
+        if self.dist.main:
+            unlock_run_dir(self.out)
 
     # -- the subclass's part -----------------------------------------------------------------
     def default_dir(self) -> Path:
@@ -415,8 +425,7 @@ class EpochRun:
                 if self.dist.main:  # the dashboards' folders this run created are its own
                     claim(self.out, [d for d in RUN_DIRS if (self.out / d).exists() and d not in before])
         finally:
-            if self.dist.main:
-                unlock_run_dir(self.out)
+            self._release()
 
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg

@@ -128,7 +128,8 @@ def run_sweep(path: str | Path | None, items: list[str], out: str | Path, parall
     if launcher != "local":
         from sldarts.launch import SlurmOptions, run_jobs
 
-        argv = [(p.name, [*point_command(sweep_dir, p, False)[3:], "resume=auto"]) for p in todo]
+        # a requeued job may start while its predecessor still writes its checkpoint: it waits for the lock
+        argv = [(p.name, [*point_command(sweep_dir, p, False)[3:], "resume=auto", "lock_wait=300"]) for p in todo]
         failed = run_jobs(sweep_dir, argv, launcher, slurm or SlurmOptions(), log=log)
         if failed:
             raise SldartsError(f"{len(failed)} of {len(todo)} points did not finish ({', '.join(failed[:3])}); see "
