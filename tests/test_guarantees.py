@@ -52,6 +52,8 @@ def test_overwrite_leaves_foreign_files_and_refuses_unmarked_folders(tmp_path, c
     err = one_line(capsys, 2, ["search", "--config", str(proj / "config.yaml"), f"out={proj}", "overwrite=true"])
     assert MARKER in err and "overwrite=true removes only" in err
     assert sorted(str(p.relative_to(proj)) for p in proj.rglob("*")) == before  # nothing touched
+    err = one_line(capsys, 2, ["search", "--config", str(proj / "config.yaml"), f"out={proj}"])
+    assert "holds a config.yaml that no sldarts run marked as its own" in err
     (proj / "config.yaml").unlink()
     (proj / "log.txt").write_text("my log\n")  # a fresh run would write into the user's log.txt
     err = one_line(capsys, 2, ["search", f"out={proj}", *kv(TINY)])

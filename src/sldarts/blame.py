@@ -113,5 +113,5 @@ def blame(exc: BaseException, shape: tuple[int, ...] | None = None) -> SldartsEr
 def reraise(exc: BaseException, shape: tuple[int, ...] | None = None) -> None:
     """Raise the user-worded error for ``exc`` if it came from user code (call in an ``except``)."""
     mine = blame(exc, shape)
-    if mine is not None:
-        raise mine from None
+    if mine is not None:  # chained: from Python the user's own traceback is still there to read
+        raise mine from exc

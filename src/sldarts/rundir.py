@@ -123,15 +123,20 @@ def _check_fresh(out: Path) -> None:
     if (out / MARKER).exists() or not out.is_dir():
         return
     clash = sorted(n for n in RUN_FILES + (HISTORY,) if (out / n).exists() or (out / n).is_symlink())
-    clash += sorted(p.name for p in out.glob("cell_*"))
+    clash += sorted(p.name for p in _figures(out))
     if clash:
         raise SldartsError(f"{out} holds {', '.join(clash[:3])} that sldarts did not write (no {MARKER} marker); "
                            "move them away or use out=DIR for a new run")
 
 
+def _figures(out: Path) -> list[Path]:
+    """The cell drawings a search leaves (cell_<name>.png, .dot): other cell_* files are not the run's."""
+    return [*out.glob("cell_*.png"), *out.glob("cell_*.dot")]
+
+
 def refuse_links(out: Path) -> None:
     """No file a run writes may be a symbolic link (it would be followed out of the run directory)."""
-    for path in [*(out / n for n in (*RUN_FILES, HISTORY, *RUN_DIRS)), *out.glob("cell_*")]:
+    for path in [*(out / n for n in (*RUN_FILES, HISTORY, *RUN_DIRS)), *_figures(out)]:
         if path.is_symlink():
             raise SldartsError(f"{path} is a symbolic link; sldarts writes only plain files inside its run "
                                "directory: remove the link")
@@ -256,10 +261,12 @@ def _prepare(cfg: Any, out: Path, main: bool) -> tuple[Path, bool]:
                 _remove_owned(out, names)
                 claim(out, OWN)
             return out, False
+        if not cfg.resume and owned(out) is None:
+            raise SldartsError(f"{out} holds a config.yaml that no sldarts run marked as its own ({MARKER}); use "
+                               "out=DIR for a new run, or resume=true if it is a run of an older sldarts")
         if not cfg.resume:
             raise SldartsError(f"run directory {out} already holds a run; pass resume=true to continue it, "
-                               + ("overwrite=true to replace it, " if owned(out) is not None else "")
-                               + "or out=DIR for a new one")
+                               "overwrite=true to replace it, or out=DIR for a new one")
         if not isinstance(old, dict):
             raise SldartsError(f"{saved} is not a readable config; pass overwrite=true to start again")
         new = cfg.to_dict()
