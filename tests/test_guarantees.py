@@ -190,6 +190,7 @@ def _floats(obj):
     return []
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 def test_nan_policy_skip_with_every_step_skipped_reports_and_restores_batchnorm(tmp_path, monkeypatch, capsys):
     from sldarts.data.loader import TensorLoader as TL
 
