@@ -8,21 +8,24 @@ exception whose innermost frames are sldarts's own (sldarts code called from a u
 
 from __future__ import annotations
 
+import os
 import re
-import sys
 import sysconfig
 from pathlib import Path
 from types import TracebackType
 
 from sldarts.errors import SldartsError
 
-_SLDARTS = str(Path(__file__).resolve().parent)
+_SLDARTS = str(Path(__file__).resolve().parent) + os.sep
 
 
 def _library_dirs() -> tuple[str, ...]:
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, *(sysconfig.get_paths().get(k, "") for k in
-                                                            ("stdlib", "platstdlib", "purelib", "platlib"))}
-    return tuple(str(Path(d).resolve()) for d in dirs if d)
+    """The standard library and every site-packages folder (not the whole prefix: /usr/local/app is a user's)."""
+    import site
+
+    dirs = {*(sysconfig.get_paths().get(k, "") for k in ("stdlib", "platstdlib", "purelib", "platlib")),
+            *getattr(site, "getsitepackages", list)(), getattr(site, "USER_SITE", "") or ""}
+    return tuple(str(Path(d).resolve()) + os.sep for d in dirs if d)
 
 
 _LIBS = _library_dirs()
@@ -50,7 +53,7 @@ def _whose(filename: str) -> str:
 
 
 # sldarts's building blocks that call the user's own modules (a Choice runs the user's candidates)
-_PASS_THROUGH = (str(Path(_SLDARTS) / "nn.py"),)
+_PASS_THROUGH = (_SLDARTS + "nn.py",)
 
 
 def user_frame(tb: TracebackType | None) -> tuple[str, str, int, tuple[int, ...] | None] | None:
