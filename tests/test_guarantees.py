@@ -107,11 +107,11 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holder_frees_th
 
 
 def test_kill_9_while_a_second_search_waits_for_the_lock_resumes_bit_identically(tmp_path):
-    args = ["search", "epochs=2", "train_samples=64", "channels=4", "cells=1", "batch_size=32", "eval_samples=32",
+    args = ["search", "epochs=3", "train_samples=64", "channels=4", "cells=1", "batch_size=32", "eval_samples=32",
             "deterministic=true", "threads=1", "progress=lines", "log_every=1"]
     ra, rb = killed_and_resumed(args, tmp_path, waiter=True)
     assert ra["arch"] == rb["arch"]
-    assert [json.loads(x)["epoch"] for x in open(tmp_path / "part" / "metrics.jsonl")] == [0, 1, 2]  # each once
+    assert [json.loads(x)["epoch"] for x in open(tmp_path / "part" / "metrics.jsonl")] == [0, 1, 2, 3]  # each once
 
 
 # -- 2, 5, 6, 8. finite or nothing; advice that resume accepts ---------------------------------------------
