@@ -51,20 +51,27 @@ def wait_for_epoch(run: Path, epoch: int, proc, timeout=120) -> None:
     raise AssertionError("timed out")
 
 
-def killed_and_resumed(args: list[str], tmp_path: Path, kills: int = 1) -> tuple[dict, dict]:
+def killed_and_resumed(args: list[str], tmp_path: Path, kills: int = 1, waiter: bool = False) -> tuple[dict, dict]:
     """Run ``args`` to the end, and again killed with kill -9 ``kills`` times (after epoch 1, then after
     epoch 2 of the resumed run, at a varying moment) and resumed to the end: the two results, after checking
-    that the final states are bit-identical."""
+    that the final states are bit-identical. ``waiter``: the resuming process is started before the kill and
+    waits for the run directory's lock (a requeued job meeting the old one still alive)."""
     full, part = tmp_path / "full", tmp_path / "part"
     p = cli([*args, f"out={full}"])
     assert p.wait(300) == 0, p.stderr.read()
     for k in range(kills):
         p = cli([*args, f"out={part}"] + (["resume=true"] if k else []))
         wait_for_epoch(part, k + 1, p)
-        time.sleep(0.02 * (1 + os.getpid() % 5))
+        if waiter:  # frozen (SIGSTOP) with its lock held until the second one waits for it
+            p.send_signal(signal.SIGSTOP)
+            second = cli([*args, f"out={part}", "resume=true", "lock_wait=300"])
+            line = second.stderr.readline()
+            assert f"in use by pid {p.pid}" in line, line
+        else:
+            time.sleep(0.02 * (1 + os.getpid() % 5))
         p.send_signal(signal.SIGKILL)
         p.wait(30)
-    p = cli([*args, f"out={part}", "resume=true"])
+    p = second if waiter else cli([*args, f"out={part}", "resume=true"])
     assert p.wait(300) == 0, p.stderr.read()
     a, b = final_state(full), final_state(part)
     assert a.keys() == b.keys()

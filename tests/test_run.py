@@ -84,7 +84,7 @@ def test_run_directory_is_protected(tiny):
     with pytest.raises(Exception, match="already holds a run"):
         search(SearchConfig(**tiny))
     with pytest.raises(Exception, match="different run"):
-        search(SearchConfig(**dict(tiny, lr=0.1, resume=True)))
+        search(SearchConfig(**dict(tiny, momentum=0.5, resume=True)))
     again = search(SearchConfig(**dict(tiny, resume=True)))  # finished: returns the result
     assert "arch" in again
     # a run written before the channels_last key existed still resumes (layout is not what a run computes)

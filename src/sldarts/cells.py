@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +11,32 @@ import yaml
 
 from sldarts.decided import margins
 from sldarts.errors import SldartsError
-from sldarts.rundir import read_metrics
+from sldarts.rundir import read_metrics, read_result
 from sldarts.spaces import ARCH_SPACE, GENOTYPE_SPACE, SearchSpace, get_space
 from sldarts.spaces.base import DERIVE_RULES
 
+_ANNOUNCED: set[str] = set()
 
-def _key(space: str, row: dict[str, Any]) -> str:
+
+def run_space(name: str, run: str | Path) -> SearchSpace:
+    """The space a run directory's config names. An import path there is code the user did not name on this
+    command line: which file is imported (and so run as Python) is said once, before it is."""
+    from sldarts.registry import is_import_path
+    from sldarts.spaces import SPACES
+
+    if is_import_path(name) and not name.startswith("<") and name not in SPACES and name not in _ANNOUNCED:
+        import sys
+
+        _ANNOUNCED.add(name)
+        print(f"sldarts: importing {name.rpartition(':')[0]} (space: {name} in {Path(run) / 'config.yaml'}); "
+              "it runs as Python", file=sys.stderr, flush=True)
+    return get_space(name)
+
+
+def _key(space: str, row: dict[str, Any], run: str | Path = ".") -> str:
     if "arch_key" in row:
         return row["arch_key"]
-    return get_space(space).arch_key
+    return run_space(space, run).arch_key
 
 
 def derive(run_dir: str | Path, rule: str | None = None) -> dict[str, Any]:
@@ -31,8 +47,8 @@ def derive(run_dir: str | Path, rule: str | None = None) -> dict[str, Any]:
     if rule is not None:
         return _rederive(run, rule)
     if (run / "result.json").exists():
-        res = json.loads((run / "result.json").read_text())
-        key = _key(res["space"], res)
+        res = read_result(run)
+        key = _key(res["space"], res, run)
         return {"space": res["space"], "arch_key": key, key: res[key], "param_free_ratio": res["param_free_ratio"],
                 "finished": True}
     rows = read_metrics(run / "metrics.jsonl")
@@ -40,7 +56,7 @@ def derive(run_dir: str | Path, rule: str | None = None) -> dict[str, Any]:
         raise SldartsError(f"{run} is not a search run directory (no result.json, or no config.yaml and "
                            "metrics.jsonl)")
     space = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("space", ARCH_SPACE)
-    key = _key(space, rows[-1])
+    key = _key(space, rows[-1], run)
     return {"space": space, "arch_key": key, key: rows[-1][key], "param_free_ratio": rows[-1]["param_free_ratio"],
             "epoch": rows[-1]["epoch"], "finished": False}
 
@@ -53,7 +69,7 @@ def resolve_cell(run_dir: str | Path | None = None, genotype: str | None = None,
         raise SldartsError("give exactly one of a run directory, --genotype NAME_OR_FILE or --arch STRING")
     if run_dir:
         d = derive(run_dir)
-        obj = get_space(d["space"])
+        obj = run_space(d["space"], run_dir)
         return obj, d[d["arch_key"]]
     obj = get_space(space or (GENOTYPE_SPACE if genotype else ARCH_SPACE))
     return obj, obj.parse(genotype or arch)
@@ -66,7 +82,7 @@ def _rederive(run: Path, rule: str) -> dict[str, Any]:
     if not rows or "weights" not in rows[-1] or not (run / "config.yaml").exists():
         raise SldartsError(f"{run} has no recorded weights to derive from (no metrics.jsonl or config.yaml)")
     space_name = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("space", ARCH_SPACE)
-    space = get_space(space_name)
+    space = run_space(space_name, run)
     weights = {k: torch.tensor(v) for k, v in rows[-1]["weights"].items()}
     arch, decisions = space.rederive(weights, rule)
     return {"space": space_name, "arch_key": space.arch_key, space.arch_key: arch,

@@ -339,9 +339,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, taking ``key=value`` settings anywhere among the options (``retrain RUN --recipe R epochs=1``):
+    argparse stops filling a positional list at the first option, so the rest are added here."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    items = next((n for n in ("overrides", "items") if isinstance(getattr(args, n, None), list)), None)
+    stray = [a for a in extra if items is None or a.startswith("-") or "=" not in a]
+    if stray:
+        hint = "" if items else " (key=value settings go to search, retrain and sweep)"
+        parser.error(f"unrecognized arguments: {' '.join(stray)}{hint}")
+    if extra:
+        getattr(args, items).extend(extra)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
         return args.func(args)
     except SldartsError as exc:
         print(f"sldarts: error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,18 @@ AMP = ("none", "bf16")  # bf16 needs no loss scaling; fp16 would, so it is not o
 
 def _choice(*options: str) -> dict:
     return {"choices": options}
+
+
+INT_MAX = 2**63 - 1  # what torch and numpy take as a size or count
+
+
+def _check_number(name: str, value: Any) -> None:
+    """Every float finite (``nan < lo`` is false, so a range alone lets NaN through) and every int within what
+    the libraries underneath accept."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SldartsError(f"config: {name}={value} is not a finite number; give a finite value")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_MAX:
+        raise SldartsError(f"config: {name}={value} is out of range: must be <= {INT_MAX}")
 
 
 def _registered(kind: str) -> dict:
@@ -101,6 +114,7 @@ class ConfigBase:
                 )
             if "check" in meta and value is not None:
                 meta["check"](value)
+            _check_number(f.name, value)
             if "range" in meta and value is not None:
                 lo, hi, lo_open = meta["range"]
                 if lo is not None and (value < lo or (lo_open and value == lo)):
@@ -140,6 +154,8 @@ class RunOptions(ConfigBase):
     # Slurm job and `torchrun --max-restarts` need: they run the very same command again)
     resume: bool | str = field(default=False, metadata={"check": lambda v: _check_resume(v)})
     overwrite: bool = False
+    lock_wait: float = field(default=0.0, metadata={**_range(0), "help": "seconds to wait for another process "
+                             "writing the same run directory to end (0: refuse at once, naming it)"})
     nan_policy: str = field(default="stop", metadata=_choice("stop", "skip"))
     logger: str = field(default="", metadata={"check": lambda v: _check_loggers(v)})  # tensorboard,wandb,mlflow
 
@@ -171,7 +187,7 @@ class SearchConfig(RunOptions, CostOptions):
     arch_beta1: float = field(default=0.5, metadata=_range(0, 1))
     arch_beta2: float = field(default=0.999, metadata=_range(0, 1))
     arch_momentum: float = field(default=0.9, metadata=_range(0, 1))
-    arch_weight_decay: float | None = None
+    arch_weight_decay: float | None = field(default=None, metadata=_range(0))
     unroll_r: float = field(default=0.01, metadata=_range(0, lo_open=True))
     train_portion: float = field(default=0.5, metadata=_range(0, 1, lo_open=True))
     data_fraction: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))
@@ -266,6 +282,18 @@ class SearchConfig(RunOptions, CostOptions):
         if self.order == 2 and self.arch_data == "train":
             raise SldartsError("config: order=2 with arch_data=train is not a setting of the paper; use order=1")
         check_options(self)
+        _check_applies(self)
+
+
+def _check_applies(cfg: SearchConfig) -> None:
+    """A data-split key that the chosen optimisation would silently ignore is refused."""
+    if cfg.optim != "bilevel" and cfg.arch_data != "valid":
+        raise SldartsError(f"config: arch_data={cfg.arch_data} applies to optim=bilevel only ({cfg.optim} updates "
+                           "α on the training batches); drop it or set optim=bilevel")
+    if not (cfg.optim == "bilevel" and cfg.arch_data == "valid") and cfg.train_portion != 0.5:
+        raise SldartsError(f"config: train_portion={cfg.train_portion} splits the data only for optim=bilevel "
+                           f"arch_data=valid (optim={cfg.optim} arch_data={cfg.arch_data} uses all of it); "
+                           "drop it, or use data_fraction to search on less data")
 
 
 # method= presets: the keys each method sets (docs/methods.md). Keys given explicitly win, so a preset

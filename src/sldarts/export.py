@@ -9,7 +9,6 @@ only (no auxiliary head, no drop path), with a dynamic batch size, and load with
 from __future__ import annotations
 
 import copy
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +65,9 @@ def _read(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise SldartsError(f"{run} is not a run directory (no config.yaml)")
     if not (run / "result.json").exists() or not (run / "checkpoint.pt").exists():
         raise SldartsError(f"{run} has not finished (no result.json or checkpoint.pt); continue it with resume=true")
-    return yaml.safe_load((run / "config.yaml").read_text()) or {}, json.loads((run / "result.json").read_text())
+    from sldarts.rundir import read_result
+
+    return yaml.safe_load((run / "config.yaml").read_text()) or {}, read_result(run)
 
 
 def _input(res: dict[str, Any]) -> dict[str, Any]:
@@ -79,12 +80,12 @@ def _input(res: dict[str, Any]) -> dict[str, Any]:
 
 def load(run_dir: str | Path) -> Loaded:
     """The trained network of a retrain run, or the searched user model fixed with its choices."""
-    from sldarts.spaces import get_space
+    from sldarts.cells import run_space
 
     run = Path(run_dir)
     cfg, res = _read(run)
     spec = _input(res)
-    space = get_space(res["space"])
+    space = run_space(res["space"], run)
     arch = res[res.get("arch_key", "arch")]
     c = spec["shape"][0]
     if "recipe" in cfg:  # a retrain run: the evaluation network and its weights
@@ -120,11 +121,16 @@ def export(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
     """Write ``out``: TorchScript (``torch.jit.load``) or ONNX (``onnxruntime``), dynamic batch size."""
     if fmt not in FORMATS:
         raise SldartsError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.is_dir():
+        name = "model.pt" if fmt == "torchscript" else "model.onnx"
+        raise SldartsError(f"--out {out} is a directory; name the file to write, e.g. {out / name}")
+    from sldarts.plot import make_parent
+
+    make_parent(out)
     loaded = load(run_dir)
     net = LogitsOnly(copy.deepcopy(loaded.model)).eval()
     example = torch.zeros(2, *loaded.shape)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated in 2.13, still asked for
         warnings.simplefilter("ignore", FutureWarning)

@@ -78,12 +78,23 @@ def draw_matplotlib(g: CellGraph, paths: list[Path]) -> None:
     plt.close(fig)
 
 
+def make_parent(path: Path) -> None:
+    """Create ``path``'s folder, or say in one line why it cannot be (a file in the way, no permission)."""
+    for p in [path.parent, *path.parent.parents]:
+        if p.exists() and not p.is_dir():
+            raise SldartsError(f"cannot write {path}: {p} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SldartsError(f"cannot create the folder {path.parent}: {exc.strerror}") from None
+
+
 def plot_cells(space: SearchSpace | str, arch: Any, prefix: str | Path, formats: tuple[str, ...] = ("png", "pdf"),
                use_graphviz: bool | None = None) -> list[Path]:
     """Write PREFIX_<cell>.dot and the rendered files for each cell type; returns the paths written."""
     space = get_space(space) if isinstance(space, str) else space
     prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(prefix)
     graphs = space.graphs(arch)
     dot_bin = shutil.which("dot") if use_graphviz is not False else None
     written: list[Path] = []

@@ -50,6 +50,10 @@ def load_object(spec: str, what: str = "object") -> Any:
             sys.modules[name] = module
             try:
                 loader_spec.loader.exec_module(module)
+            except SystemExit as exc:  # a script's sys.exit() must not end sldarts silently
+                del sys.modules[name]
+                raise SldartsError(f"{what} {spec!r}: importing {mod_name} called sys.exit({exc.code!r}); put "
+                                   "the script part under if __name__ == '__main__':") from None
             except Exception as exc:
                 del sys.modules[name]
                 raise SldartsError(f"{what} {spec!r}: importing {mod_name} failed: "
@@ -60,7 +64,7 @@ def load_object(spec: str, what: str = "object") -> Any:
         except ModuleNotFoundError as exc:
             raise SldartsError(f"{what} {spec!r}: no module named {exc.name!r}; check the path and that the "
                                "package is installed or on PYTHONPATH") from None
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise SldartsError(f"{what} {spec!r}: importing {mod_name} failed: "
                                f"{type(exc).__name__}: {_first_line(exc)}") from None
     obj: Any = module

@@ -20,7 +20,7 @@ import yaml
 
 from sldarts.errors import SldartsError
 from sldarts.lookup import BENCHMARK_SETS, SPLITS
-from sldarts.rundir import OPERATIONAL
+from sldarts.rundir import OPERATIONAL, claim, owned, read_result
 
 IGNORED = OPERATIONAL | {"seed"}  # keys that do not make a setting: how a run executes, and the seed
 NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet16-120": "ImageNet16-120"}
@@ -62,9 +62,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     """Finished points of a sweep: their config and result."""
     runs = []
-    for d in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
+    single = (Path(sweep_dir) / "result.json").exists()  # one finished run: a sweep of one point
+    for d in [Path(sweep_dir)] if single else sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
         if (d / "result.json").exists():
-            res = json.loads((d / "result.json").read_text())
+            res = read_result(d)
             runs.append({"dir": d.name, "config": res.get("config") or yaml.safe_load((d / "config.yaml").read_text()),
                          "result": res})
     return runs
@@ -190,6 +191,8 @@ def report(sweep_dir: str | Path, benchmark: Any = None) -> str:
     md = markdown(varying, columns, rows)
     budget = trade_off(d, runs, benchmark)
     md = md + ("\n\n" + budget if budget else "")
+    if owned(d) is not None:  # a run directory: the report is one of its files
+        claim(d, ["report.md", "report.csv"])
     (d / "report.md").write_text(md + "\n")
     (d / "report.csv").write_text(to_csv(varying, columns, rows))
     return md

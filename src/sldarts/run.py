@@ -22,11 +22,22 @@ import torch
 import yaml
 
 from sldarts import checkpoint as ckpt
+from sldarts.blame import reraise
 from sldarts.distributed import all_sum, barrier, broadcast_buffers, setup
 from sldarts.errors import SldartsError
 from sldarts.loggers import Loggers, flatten
 from sldarts.progress import Progress
-from sldarts.rundir import append_line, prepare_run_dir, read_metrics
+from sldarts.rundir import (
+    RUN_DIRS,
+    append_line,
+    claim,
+    prepare_run_dir,
+    read_metrics,
+    read_result,
+    record_changes,
+    refuse_links,
+    unlock_run_dir,
+)
 from sldarts.steps import StepOutput, all_finite, skipped_step  # noqa: F401 (what a step reports)
 
 __all__ = ["EpochRun", "StepOutput", "StopSignal", "Stop", "accuracy", "all_finite", "autocast_for",
@@ -116,6 +127,22 @@ class StopSignal:
         """The decision at an epoch end (the ranks' common one under torchrun)."""
         return self.agreed if self.world > 1 else self.signum is not None
 
+def _mean(total: torch.Tensor | float, count: float) -> float:
+    return float(total) / count if count else float("nan")
+
+
+def _tensors(obj: Any):
+    """Every tensor in a (nested) state dict."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
 class Stop(Exception):
     """Raised inside the loop after a graceful stop's checkpoint is written."""
 
@@ -144,7 +171,13 @@ class EpochRun:
         barrier()
         self.progress = Progress(cfg.progress, cfg.log_every, self.out / "log.txt", enabled=self.dist.main)
         torch.manual_seed(cfg.seed)
-        self.build()
+        self._shape: tuple[int, ...] | None = None  # the batch in flight, for errors in the user's code
+        try:
+            self.build()
+        except (Exception, SystemExit) as exc:
+            self._release()
+            reraise(exc)
+            raise
         self.epoch = 0  # epochs completed
         self.step_in_epoch = 0  # steps completed within the current epoch (graceful stop)
         self.partial = Partial()
@@ -153,7 +186,16 @@ class EpochRun:
         self.skipped_steps = 0  # non-finite batches dropped in the last epoch (nan_policy=skip)
         self.resuming = resuming and (self.out / "checkpoint.pt").exists()
         if self.resuming:
-            self._load()
+            try:
+                self._load()
+            except BaseException:
+                self._release()
+                raise
+
+    def _release(self) -> None:
+        """A run that cannot start gives its directory's lock back at once (not at the process's end)."""
+        if self.dist.main:
+            unlock_run_dir(self.out)
 
     # -- the subclass's part -----------------------------------------------------------------
     def default_dir(self) -> Path:
@@ -197,6 +239,7 @@ class EpochRun:
 
     # -- checkpointing ----------------------------------------------------------------------
     def _save(self) -> None:
+        self.check_state_finite()
         if self.dist.main:
             state = {name: obj.state_dict() for name, obj in self.stateful().items()}
             state.update(epoch=self.epoch, step_in_epoch=self.step_in_epoch, partial=asdict(self.partial),
@@ -218,7 +261,31 @@ class EpochRun:
                                f"({str(exc).splitlines()[0][:120]}); use overwrite=true") from None
         if self.dist.main:  # drop metric lines newer than the checkpoint (crash between the two writes)
             rows = [r for r in read_metrics(self.out / "metrics.jsonl") if r["epoch"] <= self.epoch]
+            if [r.get("epoch") for r in rows] != list(range(self.epoch + 1)):
+                raise SldartsError(f"{self.out / 'metrics.jsonl'} lacks epochs of the checkpoint's {self.epoch} "
+                                   "(deleted or edited?): restore it, or start again with overwrite=true")
             ckpt.atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+            finished = (self.out / "result.json").exists()
+            changes = {} if finished else record_changes(self.out, self.cfg.to_dict(), self.epoch,
+                                                         self.step_in_epoch)
+            if changes:
+                self.progress.message("resumed with " + ", ".join(f"{k}={v[1]} (was {v[0]})"
+                                                                  for k, v in changes.items()))
+        self._apply_lr()
+
+    def _apply_lr(self) -> None:
+        """A resume with another ``lr``: the schedule goes on from the same epoch with the new base rate."""
+        sched = self.sched
+        if not hasattr(sched, "base_lrs") or sched.base_lrs[0] == self.cfg.lr:
+            return
+        sched.base_lrs = [self.cfg.lr for _ in sched.base_lrs]
+        if hasattr(sched, "eta_min") and hasattr(self.cfg, "lr_min"):
+            sched.eta_min = min(self.cfg.lr_min, self.cfg.lr)
+        closed = getattr(sched, "_get_closed_form_lr", None)
+        lrs = closed() if closed is not None else sched.get_lr()
+        for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        sched._last_lr = list(lrs)
 
     # -- the loop ---------------------------------------------------------------------------
     def _record(self, epoch: int, train_loss: float | None, train_acc: float | None, seconds: float,
@@ -248,10 +315,25 @@ class EpochRun:
 
     def check_finite(self, loss_sum: torch.Tensor | float, where: str) -> None:
         if not math.isfinite(float(loss_sum)) or not self.params_finite():
-            raise SldartsError(
-                f"non-finite loss or parameters at {where}; the last good checkpoint in {self.out} is kept. "
-                f"Lower lr (now {self.cfg.lr:g}) or disable amp and resume=true, or skip such batches "
-                "with nan_policy=skip")
+            self._non_finite(f"non-finite loss or parameters at {where}")
+
+    def check_state_finite(self) -> None:
+        """Weights, buffers, α and every optimiser's state: nothing non-finite is ever checkpointed."""
+        tensors = [t for obj in self.stateful().values() for t in _tensors(obj.state_dict())
+                   if t.is_floating_point() or t.is_complex()]
+        if not all_finite(tensors):
+            self._non_finite(f"non-finite weights or optimiser state after epoch {self.epoch} step "
+                             f"{self.step_in_epoch}")
+
+    def _non_finite(self, what: str) -> None:
+        """Stop with advice that resume accepts (lr, amp and nan_policy may change on resume)."""
+        kept = (f"the last good checkpoint in {self.out} is kept" if (self.out / "checkpoint.pt").exists()
+                else f"no checkpoint yet in {self.out} (resuming starts it again)")
+        other = (["amp=none"] if self.cfg.amp != "none" else []) + (
+            ["nan_policy=skip"] if self.cfg.nan_policy != "skip" else [])
+        raise SldartsError(f"{what}; {kept}. Lower lr (now {self.cfg.lr:g}), disable amp or skip such batches: "
+                           f"{self.resume_command()} lr={self.cfg.lr / 10:g}"
+                           + (f" (or {', or '.join(other)})" if other else ""))
 
     def params_finite(self) -> bool:
         return True
@@ -268,6 +350,7 @@ class EpochRun:
         self.progress.start_epoch(e + 1, self.cfg.epochs, steps, start)
         skipped = int(self.partial.skipped)
         for k, (x, y) in enumerate(loader.epoch(e, start), start=start + 1):
+            self._shape = tuple(x.shape)
             out = self.train_step(x, y)
             if out.skipped:
                 skipped += 1
@@ -279,10 +362,10 @@ class EpochRun:
             self.step_in_epoch = k
             if self.progress.wants(k):
                 self.check_finite(loss_sum, f"epoch {e + 1} step {k}")
-                self.progress.update(k, float(loss_sum) / count, float(correct) / count)
+                mean_loss, mean_acc = _mean(loss_sum, count), _mean(correct, count)  # every step skipped: NaN
+                self.progress.update(k, mean_loss, mean_acc)
                 if self.loggers:
-                    self.loggers.scalars({"step/train_loss": float(loss_sum) / count,
-                                          "step/train_acc": float(correct) / count}, e * steps + k)
+                    self.loggers.scalars({"step/train_loss": mean_loss, "step/train_acc": mean_acc}, e * steps + k)
             if self.stop.check(self.progress.wants(k) or k == steps) and k < steps:
                 self.partial = Partial(float(loss_sum), float(correct), count, time.time() - t0, skipped)
                 self.check_finite(loss_sum, f"epoch {e + 1} step {k}")
@@ -302,15 +385,26 @@ class EpochRun:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        if (self.out / "result.json").exists() and self.resuming:
-            self.progress.message(f"{self.out}: already finished")
-            return json.loads((self.out / "result.json").read_text())
-        self.loggers = Loggers(cfg.logger, self.out, cfg.to_dict(), self.resuming,
-                               self.epoch * len(self.train_loader) + self.step_in_epoch, enabled=self.dist.main)
         try:
-            return self._run()
+            if (self.out / "result.json").exists() and self.resuming:
+                self.progress.message(f"{self.out}: already finished")
+                return read_result(self.out)
+            if self.dist.main:
+                refuse_links(self.out)
+            before = {d for d in RUN_DIRS if (self.out / d).exists()}
+            self.loggers = Loggers(cfg.logger, self.out, cfg.to_dict(), self.resuming,
+                                   self.epoch * len(self.train_loader) + self.step_in_epoch, enabled=self.dist.main)
+            try:
+                return self._run()
+            except (Exception, SystemExit) as exc:
+                reraise(exc, self._shape)
+                raise
+            finally:
+                self.loggers.finish()
+                if self.dist.main:  # the dashboards' folders this run created are its own
+                    claim(self.out, [d for d in RUN_DIRS if (self.out / d).exists() and d not in before])
         finally:
-            self.loggers.finish()
+            self._release()
 
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -347,6 +441,7 @@ class EpochRun:
         if "warning" in result:
             self.progress.message("warning: " + result["warning"])
         if self.dist.main:
+            claim(self.out, self.artifacts(result))
             for name, text in self.artifacts(result).items():
                 ckpt.atomic_write_text(self.out / name, text)
             ckpt.atomic_write_text(self.out / "result.json", json.dumps(result, indent=1) + "\n")

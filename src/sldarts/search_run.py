@@ -21,7 +21,7 @@ from sldarts.errors import SldartsError
 from sldarts.lookup import BENCHMARK_SETS, ENV, open_benchmark
 from sldarts.methods import Method, resolve
 from sldarts.run import EpochRun, accuracy, autocast_for
-from sldarts.rundir import read_metrics
+from sldarts.rundir import claim, read_metrics
 from sldarts.spaces import SearchSpace, Supernet
 from sldarts.spaces.base import Decision
 from sldarts.strategies import make_optimizers, make_strategy
@@ -268,7 +268,8 @@ class SearchRun(EpochRun):
         from sldarts.plot import plot_cells
 
         try:
-            plot_cells(self.space, result[self.space.arch_key], self.out / "cell", formats=("png",))
+            drawn = plot_cells(self.space, result[self.space.arch_key], self.out / "cell", formats=("png",))
+            claim(self.out, [p.name for p in drawn])
         except (SldartsError, OSError) as exc:
             self.progress.message(f"cell diagram not drawn: {exc}")
         for line in closing_lines(self.cfg, self.space, result, self.out):

@@ -69,8 +69,23 @@ class Strategy:
         """Op weights the weight step uses instead of the activated α (SDARTS's random smoothing), or None."""
         return self.method.weight_step_weights(self.model) if self.method is not None else None
 
+    def _keep_buffers(self) -> None:
+        """nan_policy=skip: the buffers (BatchNorm's running statistics) as they were before this step's first
+        forward, which a non-finite batch would poison even though the step is skipped."""
+        if self.skip_nonfinite and self.model.training and getattr(self, "_buffers", None) is None:
+            self._buffers = [b.detach().clone() for b in self.model.buffers()]
+
+    def _skip(self, x: Tensor) -> StepOutput:
+        saved, self._buffers = getattr(self, "_buffers", None), None
+        if saved is not None:
+            with torch.no_grad():
+                for b, v in zip(self.model.buffers(), saved, strict=True):
+                    b.copy_(v)
+        return skipped_step(x.device)
+
     def loss(self, x: Tensor, y: Tensor, net: nn.Module | None = None,
              weights: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        self._keep_buffers()
         with self.autocast():
             logits = (net or self.net)(x) if weights is None else (net or self.net)(x, weights=weights)
         return self.loss_fn(logits.float(), y), logits
@@ -88,8 +103,8 @@ class Strategy:
             nn.utils.clip_grad_norm_(self.model.weights(), self.grad_clip)
         self.w_opt.step()
 
-    @staticmethod
-    def _out(loss: Tensor, logits: Tensor, y: Tensor) -> StepOutput:
+    def _out(self, loss: Tensor, logits: Tensor, y: Tensor) -> StepOutput:
+        self._buffers = None
         return StepOutput(loss.detach(), (logits.detach().argmax(1) == y).sum(), len(y))
 
     def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
@@ -122,7 +137,7 @@ class SingleLevel(Strategy):
             reg = self.arch_regularizer()  # depends on α alone: w's gradient is the loss's
             (loss if reg is None else loss + reg).backward()
         if self._bad(loss, self.model.parameters()):
-            return skipped_step(x.device)
+            return self._skip(x)
         self._w_step()
         if self.updates_alpha():
             self.a_opt.step()
@@ -170,14 +185,14 @@ class FirstOrder(Strategy):
     def _bilevel_step(self, arch_grads: list[Tensor] | None, x: Tensor, y: Tensor) -> StepOutput:
         if arch_grads is not None:  # None: α held still this step
             if self.skip_nonfinite and not all_finite(arch_grads):
-                return skipped_step(x.device)
+                return self._skip(x)
             self._arch_step(arch_grads)
         self.w_opt.zero_grad(set_to_none=True)
         loss, logits = self.loss(x, y, weights=self.smoothed())
         loss.backward()
         self.a_opt.zero_grad(set_to_none=True)  # the w-step's α gradient is not used
         if self._bad(loss, self.model.weights()):
-            return skipped_step(x.device)
+            return self._skip(x)
         self._w_step()
         return self._out(loss, logits, y)
 
@@ -285,12 +300,13 @@ class RandomSampling(Strategy):
     def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
         self.w_opt.zero_grad(set_to_none=True)
         weights = self.model.sample_weights()
+        self._keep_buffers()
         with self.autocast():
             logits = self.net(x, weights=weights)
         loss = self.loss_fn(logits.float(), y)
         loss.backward()
         if self._bad(loss, self.model.weights()):
-            return skipped_step(x.device)
+            return self._skip(x)
         self._w_step()
         return self._out(loss, logits, y)
 

@@ -191,7 +191,9 @@ def run_sweep(path: str | Path | None, items: list[str], out: str | Path, parall
     if launcher != "local":
         from sldarts.launch import SlurmOptions, run_jobs
 
-        argv = [(p.name, [*point_command(sweep_dir, p, False)[3:], "resume=auto"]) for p in todo]
+        # a requeued job may start while its predecessor still writes its checkpoint: it waits for the lock
+        argv = [(p.name, [*point_command(sweep_dir, p, False)[3:], "resume=auto",
+                 "lock_wait=300"]) for p in todo]
         if launcher == "slurm" and slurm is not None and slurm.gpus_per_job > 1:  # K tasks, one DDP search
             argv = [(n, [*a, "device=cuda"]) for n, a in argv]
         failed = run_jobs(sweep_dir, argv, launcher, slurm or SlurmOptions(), log=log)

@@ -207,7 +207,15 @@ def _dataset_search_data(cfg: SearchConfig, train: Any, valid: Any | None, bs: i
     arch = None
     if _arch_batches(cfg):
         arch = mk(arch_set, a_idx if a_idx is not None else w_idx, True, ARCH)
-    return SearchData(info, mk(train, w_idx, True, TRAIN), arch, mk(eval_set, e_idx, False, EVAL), note)
+    return _checked(SearchData(info, mk(train, w_idx, True, TRAIN), arch, mk(eval_set, e_idx, False, EVAL), note))
+
+
+def _checked(data: SearchData) -> SearchData:
+    """A user data set's labels are checked against its classes in every batch of every split."""
+    for loader in (data.train, data.arch, data.eval):
+        if isinstance(loader, DatasetLoader):
+            loader.num_classes = data.info.num_classes
+    return data
 
 
 def build_search_data(cfg: SearchConfig, device: torch.device, rank: int = 0, world: int = 1,
@@ -283,8 +291,8 @@ def build_train_data(cfg, device: torch.device, rank: int = 0, world: int = 1) -
         info = dataset_info(tr_set, cfg.dataset)
         mk = lambda ds, n, shuf, stream: DatasetLoader(  # noqa: E731
             ds, _fixed_order(len(ds))[:n or None], bs, shuffle=shuf, stream=stream, workers=cfg.workers, **common)
-        return SearchData(info, mk(tr_set, cfg.train_samples, True, TRAIN), None,
-                          mk(te_set, cfg.eval_samples, False, EVAL))
+        return _checked(SearchData(info, mk(tr_set, cfg.train_samples, True, TRAIN), None,
+                                   mk(te_set, cfg.eval_samples, False, EVAL)))
     tr, te, info = load_arrays(cfg.dataset, cfg.data_root)
     if cfg.train_samples:
         tr = _subset(tr, _fixed_order(len(tr.y))[:cfg.train_samples])

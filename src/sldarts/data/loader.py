@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,6 +95,22 @@ class _Sharded:
         return order[k * step:(k + 1) * step][self.rank::self.world]
 
 
+STREAMS = {1: "training data", 2: "α data", 3: "test data"}  # data.TRAIN, ARCH, EVAL
+
+
+def check_labels(labels: Any, num_classes: int, where: str, index: Any = None) -> None:
+    """Every label in [0, num_classes): else one line naming the first offending item (a label outside the
+    range would be a crash on GPU, or a silent miss in the accuracy)."""
+    y = np.asarray(labels).reshape(-1)
+    if not num_classes or not len(y):
+        return
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if len(bad):
+        i = int(bad[0]) if index is None else int(np.asarray(index)[bad[0]])
+        raise SldartsError(f"{where}: item {i} has label {int(y[bad[0]])}, outside the {num_classes} classes "
+                           f"0..{num_classes - 1} ({len(bad)} such labels); fix the labels or the class count")
+
+
 class TensorLoader(_Sharded):
     """Seeded, shardable, random-access batches from an in-memory uint8 set."""
 
@@ -102,6 +119,7 @@ class TensorLoader(_Sharded):
                  channels_last: bool = False, cutout: int = 0) -> None:
         self.device = torch.device(device)
         self.cutout = cutout
+        check_labels(np.asarray(data.y), info.num_classes, STREAMS.get(stream, "data"))
         self.x = torch.from_numpy(np.ascontiguousarray(data.x)).to(self.device)
         self.y = torch.from_numpy(np.ascontiguousarray(data.y)).to(self.device)
         self.info = info
@@ -367,6 +385,8 @@ class DatasetLoader(_Sharded):
     """Seeded, shardable batches from any map-style dataset (the same (epoch, start) interface as the
     other loaders). ``workers > 0`` fetches in worker processes, with identical results."""
 
+    num_classes = 0  # when set, every batch's labels are checked against it (on the CPU, before the copy)
+
     def __init__(self, ds, indices: np.ndarray, batch_size: int, device: torch.device | str, *, shuffle: bool,
                  seed: int, stream: int, rank: int = 0, world: int = 1, channels_last: bool = False,
                  workers: int = 0) -> None:
@@ -400,11 +420,14 @@ class DatasetLoader(_Sharded):
         if self.workers == 0:
             for b in batches:
                 xs, ys = zip(*(self.ds[key] for key in b), strict=True)
-                yield self._to_device(torch.stack(xs), torch.stack(ys))
+                y = torch.stack(ys)
+                check_labels(y.numpy(), self.num_classes, STREAMS.get(self.stream, "data"), [i for _, i in b])
+                yield self._to_device(torch.stack(xs), y)
             return
         # the loader's own generator: creating it must not draw from the global RNG (exact resume)
         loader = torch.utils.data.DataLoader(self.ds, batch_sampler=batches, num_workers=self.workers,
                                              generator=torch.Generator().manual_seed(0),
                                              pin_memory=self.device.type == "cuda")
-        for x, y in loader:
+        for b, (x, y) in zip(batches, loader, strict=True):
+            check_labels(y.numpy(), self.num_classes, STREAMS.get(self.stream, "data"), [i for _, i in b])
             yield self._to_device(x, y)

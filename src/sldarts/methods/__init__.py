@@ -274,7 +274,7 @@ def resolve(cfg: Any) -> Method:
     unused = {n for cls in builtin if cls.name not in used for n in cls.option_names()}
     unused -= {n for p in parts for n in p.option_names()}
     cfg._unused_keys = frozenset(unused)
-    # recorded in config.yaml as the cells that run; sync_bn (batch norm over the global batch) needs the reference cells
+    # recorded in config.yaml as the cells that run; sync_bn (global-batch batch norm) runs on the reference cells
     if cfg.impl == "fused" and (not method.fused_ok or getattr(cfg, "sync_bn", False)):
         cfg.impl = "reference"
     return method

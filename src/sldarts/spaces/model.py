@@ -70,11 +70,32 @@ class ChoiceSupernet(Supernet):
             for m in ms:
                 m.arch_weights = w[_key(label)]
         try:
-            return self.model(x)
+            out = self.model(x)
         finally:
             for ms in self.groups.values():
                 for m in ms:
                     m.arch_weights = None
+        self._check_logits(out, x)
+        return out
+
+    num_classes = 0  # set by ModelSpace.supernet: the data's classes, which the logits must match
+
+    def _check_logits(self, out: Any, x: Tensor) -> None:
+        logits = out[0] if isinstance(out, (tuple, list)) and out else out
+        n = self.num_classes
+        if not n or (isinstance(logits, Tensor) and logits.dim() == 2 and logits.shape[1] == n):
+            return
+        import inspect
+
+        try:
+            where = f" ({Path(inspect.getsourcefile(type(self.model)) or '').name}:{type(self.model).__name__})"
+        except TypeError:
+            where = ""
+        got = (f"{logits.shape[1]} logits" if isinstance(logits, Tensor) and logits.dim() == 2
+               else f"a {type(logits).__name__}" + (f" of shape {tuple(logits.shape)}" if isinstance(logits, Tensor)
+                                                    else ""))
+        raise SldartsError(f"your model{where} returns {got} for {n} classes on a batch of shape {tuple(x.shape)}; "
+                           f"make it return (batch, {n}) logits: build(num_classes, in_channels) gets num_classes")
 
     def derive(self, rule: str = "argmax", weights: dict[str, Tensor] | None = None) -> dict[str, Any]:
         """label -> the candidate name with the largest weight (Choice; never a Zero candidate under
@@ -174,6 +195,7 @@ class ModelSpace(SearchSpace):
 
     def supernet(self, cfg: SearchConfig, num_classes: int, in_channels: int) -> ChoiceSupernet:
         self._last = ChoiceSupernet(self.model(num_classes, in_channels), alpha_init=cfg.alpha_init)
+        self._last.num_classes = num_classes
         return self._last
 
     def parse(self, value: Any, source: str = "choices") -> dict[str, Any]:
