@@ -149,6 +149,9 @@ class SearchConfig(RunOptions):
     dataset: str = field(default="digits", metadata={"check": _check_dataset})
     data_root: str = "data"
     image_size: int = field(default=0, metadata=_range(0))  # resize image folders to this side (0: native)
+    valid_split: float | None = field(default=None, metadata={**_range(0, 0.9), "help": (
+        "share of the training images held out (stratified, the same for every seed) for valid_acc where the "
+        "data has no validation split; empty: 0.1, or 0 for the built-in benchmark sets (their test split)")})
     stem: str = field(default="auto", metadata=_choice("auto", "cifar", "imagenet"))  # DARTS search network
     cache_limit_mb: int = field(default=2048, metadata=_range(0))  # larger image folders stream from disk
     optim: str = field(default="single", metadata=_registered("optim"))
@@ -433,7 +436,9 @@ class RetrainConfig(RunOptions):
     drop_path: float = field(default=0.2, metadata=_range(0, 1))
     cutout: int = field(default=16, metadata=_range(0))
     color_jitter: float = field(default=0.0, metadata=_range(0, 1))
-    image_size: int = field(default=224, metadata=_range(8))  # ImageNet crops
+    image_size: int = field(default=0, metadata=_range(0))  # ImageNet crops (0: 224; image folders: native)
+    valid_split: float | None = field(default=None, metadata={**_range(0, 0.9), "help": (
+        "share of the training images held out for valid_acc, as in the search (retrain RUN takes the run's)")})
     grad_clip: float = field(default=5.0, metadata=_range(0))
     channels: int = field(default=36, metadata=_range(1))
     cells: int = field(default=20, metadata=_range(1))

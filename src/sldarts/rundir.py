@@ -21,7 +21,7 @@ from sldarts.errors import SldartsError
 OPERATIONAL = {"resume", "overwrite", "device", "progress", "workers", "threads", "log_every", "out", "benchmark",
                "logger", "channels_last"}
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json", "log.txt", "genotype.json",
-             "loggers.json", "analysis.jsonl")
+             "loggers.json", "analysis.jsonl", "split.json", "model.pt2")
 RUN_DIRS = ("tensorboard", "wandb", "mlruns")  # the dashboards' own files
 
 

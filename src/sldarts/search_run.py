@@ -32,10 +32,11 @@ class SearchRun(EpochRun):
     kind = "search"
 
     def __init__(self, cfg: SearchConfig, *, model: torch.nn.Module | None = None, train_data: Any = None,
-                 valid_data: Any = None) -> None:
+                 valid_data: Any = None, test_data: Any = None) -> None:
         """``model``: a user network with sldarts.nn choices (else ``cfg.space`` builds the supernet);
-        ``train_data``/``valid_data``: map-style datasets (else ``cfg.dataset`` names the data)."""
+        ``train_data``/``valid_data``/``test_data``: map-style datasets (else ``cfg.dataset`` names the data)."""
         self._user_model, self._train_data, self._valid_data = model, train_data, valid_data
+        self._test_data = test_data
         super().__init__(cfg)
 
     def default_dir(self) -> Path:
@@ -43,8 +44,14 @@ class SearchRun(EpochRun):
 
     def build(self) -> None:
         cfg = self.cfg
+        split_file = self.out / "split.json"
+        recorded = json.loads(split_file.read_text()) if cfg.resume and split_file.exists() else None
         self.data: SearchData = build_search_data(cfg, self.device, self.dist.rank, self.dist.world,
-                                                  self._train_data, self._valid_data)
+                                                  self._train_data, self._valid_data, self._test_data, recorded)
+        if self.dist.main and self.data.split:
+            from sldarts import checkpoint as ckpt
+
+            ckpt.atomic_write_text(split_file, json.dumps(self.data.split, indent=1) + "\n")
         self.train_loader = self.data.train
         info = self.data.info
         if self._user_model is not None:
@@ -173,6 +180,8 @@ class SearchRun(EpochRun):
                                "seconds": round(seconds, 1), "input": self.data.input_spec()}
         if self.benchmark is not None:
             out["benchmark"] = self.benchmark.query(arch)
+        if self.data.test is not None:  # once, at the end: never a selection number
+            out["test_acc"] = accuracy(self.model, self.data.test)[0]
         decisions = self._decisions() if cfg.optim != "rsps" else None  # RSPS decides by scores, not α
         if decisions is not None:
             out.update(margins(decisions))
@@ -255,12 +264,13 @@ def closing_lines(cfg: SearchConfig, space: SearchSpace, result: dict[str, Any],
 
 
 def search(config: SearchConfig | None = None, *, model: torch.nn.Module | None = None, train_data: Any = None,
-           valid_data: Any = None, **overrides: Any) -> dict[str, Any]:
+           valid_data: Any = None, test_data: Any = None, **overrides: Any) -> dict[str, Any]:
     """Python API: ``sldarts.search(space="nb201", epochs=1)`` runs a search and returns its result.
 
     ``model``: any ``nn.Module`` with :mod:`sldarts.nn` choices (searched in place: its weights are the
-    supernet's); ``train_data``/``valid_data``: map-style datasets of ``(tensor, int)``. Every other keyword
-    is a config key."""
+    supernet's); ``train_data``/``valid_data``/``test_data``: map-style datasets of ``(tensor, int)``
+    (without ``valid_data``, ``valid_split`` of ``train_data`` is held out for valid_acc; ``test_data`` is
+    measured once at the end as test_acc). Every other keyword is a config key."""
     # without a config the defaults that depend on others (lr on space) are resolved after the overrides
     base = config.to_dict() if config is not None else {}
     cfg = config or SearchConfig()
@@ -270,7 +280,7 @@ def search(config: SearchConfig | None = None, *, model: torch.nn.Module | None 
         overrides["dataset"] = f"<dataset:{type(train_data).__name__}>"
     if overrides:
         cfg = load_config(None, overrides, base=base)
-    objects = dict(model=model, train_data=train_data, valid_data=valid_data)
+    objects = dict(model=model, train_data=train_data, valid_data=valid_data, test_data=test_data)
     return auto_lr_search(cfg, **objects) if cfg.auto_lr else SearchRun(cfg, **objects).run()
 
 

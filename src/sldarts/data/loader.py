@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sldarts.data.readers import ArrayData, DatasetInfo
+from sldarts.data.readers import ArrayData, DatasetInfo, center_crop
 from sldarts.errors import SldartsError
 
 
@@ -146,8 +146,8 @@ class _FolderDataset(torch.utils.data.Dataset):
     """Decode + augment one image; randomness seeded by (seed, stream, epoch, index) for exact resume."""
 
     def __init__(self, files: list, labels: list[int], size: int, train: bool, seed: int, stream: int,
-                 jitter: float = 0.0) -> None:
-        self.files, self.labels, self.size, self.train = files, labels, size, train
+                 jitter: float = 0.0, crop_pct: float = 0.875) -> None:
+        self.files, self.labels, self.size, self.train, self.crop_pct = files, labels, size, train, crop_pct
         self.seed, self.stream, self.jitter = seed, stream, jitter
 
     def __len__(self) -> int:
@@ -159,7 +159,7 @@ class _FolderDataset(torch.utils.data.Dataset):
         epoch, i = key
         rng = np.random.default_rng(_seed(self.seed, self.stream, epoch, i))
         im = _decode_pil(self.files[i])
-        im = random_resized_crop(im, self.size, rng) if self.train else center_crop(im, self.size)
+        im = random_resized_crop(im, self.size, rng) if self.train else center_crop(im, self.size, self.crop_pct)
         if self.train and self.jitter > 0:
             im = color_jitter(im, self.jitter, rng)
         arr = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
@@ -202,27 +202,14 @@ def color_jitter(im, strength: float, rng: np.random.Generator):
     return im
 
 
-def center_crop(im, size: int):
-    """Resize the short side to size/0.875, then take the central size x size square."""
-    from PIL import Image
-
-    w, h = im.size
-    short = int(round(size / 0.875))
-    s = short / min(w, h)
-    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
-    w, h = im.size
-    x0, y0 = (w - size) // 2, (h - size) // 2
-    return im.crop((x0, y0, x0 + size, y0 + size))
-
-
 class StreamLoader:
     """ImageNet-sized folders: worker processes decode JPEGs; same (epoch, start) interface."""
 
     def __init__(self, files: list, labels: list[int], info: DatasetInfo, batch_size: int,
                  device: torch.device | str, *, train: bool, seed: int, stream: int, size: int = 224,
                  workers: int = 4, rank: int = 0, world: int = 1, channels_last: bool = False,
-                 jitter: float = 0.0) -> None:
-        self.ds = _FolderDataset(files, labels, size, train, seed, stream, jitter)
+                 jitter: float = 0.0, crop_pct: float = 0.875) -> None:
+        self.ds = _FolderDataset(files, labels, size, train, seed, stream, jitter, crop_pct)
         self.info, self.batch_size, self.device = info, batch_size, torch.device(device)
         self.train, self.seed, self.stream = train, seed, stream
         self.workers, self.rank, self.world = workers, rank, world

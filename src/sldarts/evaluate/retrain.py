@@ -111,6 +111,8 @@ class RetrainRun(EpochRun):
         }
         if last and "valid_top5" in last:
             out["top5"] = last["valid_top5"]
+        if self.data.test is not None:  # once, at the end
+            out["test_acc"] = accuracy(self.model, self.data.test)[0]
         try:
             out["macs"] = count_macs(self.model, self.data.sample_shape)
         except RuntimeError:
