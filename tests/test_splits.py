@@ -80,3 +80,24 @@ def test_streamed_and_in_memory_give_the_same_tensors(tmp_path, monkeypatch):
     assert torch.equal(ym, ys) and torch.equal(xm.contiguous(), xs.contiguous())
     assert mem.input_spec()["size"] == 16 and mem.input_spec()["crop"] == "center"
     assert json.dumps(mem.split) == json.dumps(streamed.split)
+
+
+def test_built_in_spaces_fit_their_stem_to_the_input():
+    from sldarts.spaces import get_space
+
+    cfg = SearchConfig(**TINY)
+    cfg.input_side = 96
+    net = get_space("nb201").supernet(cfg, 3, 3)
+    assert net.stem(torch.zeros(2, 3, 96, 96)).shape[-1] == 24  # two stride-2 convs: cells see <= 32 px
+    cfg.input_side = 32
+    assert len(get_space("nb201").supernet(cfg, 3, 3).stem) == 2  # the benchmark's own stem, unchanged
+    darts = dict(TINY, space="darts", cells=2)
+    big = SearchConfig(**darts)
+    big.input_side = 128
+    assert get_space("darts").supernet(big, 3, 3).stem1 is not None
+    explicit = SearchConfig(**darts, stem="cifar")
+    explicit.input_side = 128
+    assert get_space("darts").supernet(explicit, 3, 3).stem1 is None  # an explicit stem= wins
+    evalnet = get_space("nb201").eval_network("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|", 3, 3,
+                                              channels=4, cells=1, side=64)
+    assert evalnet(torch.zeros(2, 3, 64, 64)).shape == (2, 3)

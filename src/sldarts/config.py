@@ -204,6 +204,9 @@ class SearchConfig(RunOptions):
     auto_lr_tries: int = field(default=3, metadata=_range(1))
     benchmark: str = ""  # NB201 benchmark file for per-epoch look-ups ($SLDARTS_NB201 if empty)
 
+    # the searched images' side, set by the run once its data is read (stem=auto follows it; not a key)
+    input_side: typing.ClassVar[int] = 0
+
     def __post_init__(self) -> None:
         self.validate()
         if self.lr is None:  # the space's default (the paper: 0.005 on NB201, 0.025 on DARTS)

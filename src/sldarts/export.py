@@ -34,18 +34,28 @@ class Loaded:
     mean: list[float] = field(default_factory=list)  # of pixels in [0, 1]; empty: no normalisation
     std: list[float] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
+    spec: dict[str, Any] = field(default_factory=dict)  # result.json's "input": the recorded preprocessing
 
     def preprocess(self, image: Any) -> Tensor:
-        """A PIL image as the model's input: resized to (H, W), to its channels, normalised; (1, C, H, W)."""
+        """A PIL image as the model's input, exactly as the run's data was: the shorter side resized and a
+        centre crop (runs that recorded ``crop``; older ones: resized to (H, W)), its channels, normalised
+        as the loaders do it; (1, C, H, W)."""
         import numpy as np
         from PIL import Image
 
+        from sldarts.data.readers import center_crop
+
         c, h, w = self.shape
-        image = image.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-        arr = np.asarray(image, dtype=np.float32).reshape(h, w, c) / 255.0
-        x = torch.from_numpy(arr).permute(2, 0, 1)
-        if self.mean:
-            x = (x - torch.tensor(self.mean).view(c, 1, 1)) / torch.tensor(self.std).view(c, 1, 1)
+        image = image.convert("L" if c == 1 else "RGB")
+        if self.spec.get("crop") == "center" and h == w:
+            image = center_crop(image, h, float(self.spec.get("crop_pct", 1.0)))
+        else:
+            image = image.resize((w, h), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).reshape(h, w, c).copy()).permute(2, 0, 1).float()
+        if self.mean:  # (x - 255 mean) / (255 std): the loaders' arithmetic, so predictions match evaluation
+            x = (x - torch.tensor(self.mean).view(c, 1, 1) * 255.0) / (torch.tensor(self.std).view(c, 1, 1) * 255.0)
+        else:
+            x = x / 255.0
         return x[None]
 
 
@@ -113,7 +123,7 @@ def load(run_dir: str | Path) -> Loaded:
         model.aux_head = None
     model.eval()
     return Loaded(model.float().to(memory_format=torch.contiguous_format), spec["shape"], spec.get("mean", []),
-                  spec.get("std", []), spec.get("classes", []))
+                  spec.get("std", []), spec.get("classes", []), spec)
 
 
 def export(run_dir: str | Path, fmt: str, out: str | Path) -> Path:

@@ -61,6 +61,7 @@ class SearchRun(EpochRun):
             self.space: SearchSpace = ModelSpace(lambda num_classes, in_channels: model, cfg.space)
         else:
             self.space = cfg.search_space()
+            cfg.input_side = self.data.sample_shape[-1]  # stem=auto fits the stem to the images searched
         self.model: Supernet = self.space.supernet(cfg, info.num_classes, info.in_channels)
         self.model.to(self.device)
         if cfg.channels_last:
@@ -100,7 +101,19 @@ class SearchRun(EpochRun):
                 + f"), optim={cfg.optim}{'' if cfg.optim == 'single' else f' order={cfg.order}'} "
                 f"activation={cfg.activation} lr={cfg.lr:g}, {cfg.epochs} epochs x {len(self.data.train)} steps "
                 f"on {self.device}" + (f" x {self.dist.world} processes" if self.dist.world > 1 else "")
-                + (f"; {self.data.note}" if self.data.note else ""))
+                + (f"; {self.data.note}" if self.data.note else "") + self._stem_note())
+
+    def _stem_note(self) -> str:
+        """Which stem a built-in space chose for the input size (printed at the start)."""
+        if self._user_model is not None:
+            return ""
+        side = self.data.sample_shape[-1]
+        stem = getattr(self.model, "stem", None)
+        reduce = (sum(isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2) for m in stem.modules())
+                  if stem is not None else 0)
+        if getattr(self.model, "stem1", None) is not None:
+            reduce = 3
+        return f"; {side} px input, stem reduces by {2 ** reduce} (stem={self.cfg.stem})"
 
     def _load(self) -> None:
         super()._load()
@@ -209,7 +222,8 @@ class SearchRun(EpochRun):
             if ds is not None:
                 return {"dataset": ds, **complexity(self.space, arch, ds)}
             info = self.data.info
-            net = self.space.eval_network(arch, info.num_classes, info.in_channels, dataset=self.cfg.dataset)
+            net = self.space.eval_network(arch, info.num_classes, info.in_channels, dataset=self.cfg.dataset,
+                                          side=self.data.sample_shape[-1])
             return {"dataset": self.cfg.dataset, **summary(net, self.data.sample_shape)}
         except SldartsError:  # a space without an evaluation network
             return None
