@@ -476,15 +476,29 @@ def load_retrain_config(path: str | Path | None, overrides: dict[str, Any]) -> R
         raise SldartsError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}"
                            + _suggest(str(recipe), RECIPES))
     base = dict(RECIPES[recipe], recipe=recipe)
-    if "dataset" not in RECIPES[recipe]:  # a recipe for any data: the search's data set by default
-        base.update(_searched_data(merged.get("source_run")))
+    base.update(searched_data(merged.get("source_run")))  # retrain what was searched: the run's data and split
     base.update(file_values)
     return load_config(None, overrides, base=base, schema=RetrainConfig)
 
 
-def _searched_data(run_dir: str | None) -> dict[str, Any]:
+SEARCHED_DATA = ("dataset", "data_root", "image_size", "valid_split")
+
+
+def searched_data(run_dir: str | None) -> dict[str, Any]:
+    """The data keys of a search run (its data set, folder, split and image side as it resolved it): what
+    ``sldarts retrain RUN`` trains on unless a key is given again."""
+    import json
+
     saved = Path(run_dir) / "config.yaml" if run_dir else None
     if saved is None or not saved.exists():
         return {}
     old = yaml.safe_load(saved.read_text()) or {}
-    return {k: old[k] for k in ("dataset", "data_root") if k in old}
+    if str(old.get("dataset", "")).startswith("<"):  # a Python object: the retrain needs it named
+        return {}
+    out = {k: old[k] for k in SEARCHED_DATA if k in old}
+    result = Path(run_dir) / "result.json"
+    if result.exists() and out.get("dataset") not in ("cifar10", "cifar100", "imagenet16-120", "digits"):
+        size = (json.loads(result.read_text()).get("input") or {}).get("size")
+        if size:
+            out["image_size"] = size
+    return out

@@ -100,7 +100,7 @@ def load(run_dir: str | Path) -> Loaded:
     if "recipe" in cfg:  # a retrain run: the evaluation network and its weights
         model = space.eval_network(arch, spec["num_classes"], c, dataset=cfg.get("dataset", "cifar10"),
                                    channels=cfg.get("channels"), cells=cfg.get("cells"),
-                                   auxiliary=cfg.get("auxiliary_weight", 0) > 0)
+                                   auxiliary=cfg.get("auxiliary_weight", 0) > 0, side=spec["shape"][-1])
         state = ckpt.load(run / "checkpoint.pt", "retrain")["model"]
     else:
         from sldarts.config import SearchConfig

@@ -270,7 +270,8 @@ def closing_lines(cfg: SearchConfig, space: SearchSpace, result: dict[str, Any],
     nxt = [f"sldarts derive {out}"]
     if space.benchmark:
         nxt.append(f"sldarts lookup {out} --benchmark FILE")
-    nxt += [f"sldarts retrain {out} epochs=... data_root=...", "your own model and data: docs/custom.md"]
+    nxt += [f"sldarts retrain {out} (its data and split; epochs=N to shorten)",
+            "your own model and data: docs/custom.md"]
     if cfg.dataset == "digits":
         nxt.insert(1, "sldarts search dataset=cifar10 data_root=DIR")
     lines.append("next: " + " | ".join(nxt))
