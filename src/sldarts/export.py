@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from sldarts import checkpoint as ckpt
 from sldarts.errors import SldartsError
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript", "onnx", "pt2")
+PROGRAM = "model.pt2"  # a search of a model passed as a Python object: the fixed network, self-contained
 
 
 @dataclass
@@ -71,6 +72,41 @@ class LogitsOnly(nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
 
+class Exported(nn.Module):
+    """A network saved with :func:`torch.export.save` (``model.pt2``), loaded without its Python class: the
+    graph was exported in evaluation mode, so train()/eval() only set the flag."""
+
+    def __init__(self, program: Any) -> None:
+        super().__init__()
+        self.program = program
+        self.graph = program.module()
+
+    def train(self, mode: bool = True) -> Exported:
+        self.training = mode
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.graph(x)
+
+
+def save_program(model: nn.Module, shape: list[int] | tuple[int, ...], out: str | Path) -> Path:
+    """``model`` in evaluation mode (logits only) as a :func:`torch.export` program with a dynamic batch
+    size, saved to ``out``: it loads with ``torch.export.load(out).module()``, no Python class needed."""
+    out = Path(out)
+    net = LogitsOnly(copy.deepcopy(model)).eval()
+    example = torch.zeros(2, *shape)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    except Exception as exc:  # data-dependent control flow and the like: torch.export's own message
+        raise SldartsError(f"torch.export cannot capture this network ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(out))
+    return out
+
+
 def _read(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not (run / "config.yaml").exists():
         raise SldartsError(f"{run} is not a run directory (no config.yaml)")
@@ -94,6 +130,10 @@ def load(run_dir: str | Path) -> Loaded:
     run = Path(run_dir)
     cfg, res = _read(run)
     spec = _input(res)
+    if str(res["space"]).startswith("<") and (run / PROGRAM).exists():  # a model passed as a Python object
+        model = Exported(torch.export.load(str(run / PROGRAM)))
+        return Loaded(model.eval(), spec["shape"], spec.get("mean", []), spec.get("std", []),
+                      spec.get("classes", []), spec)
     space = get_space(res["space"])
     arch = res[res.get("arch_key", "arch")]
     c = spec["shape"][0]
@@ -127,10 +167,18 @@ def load(run_dir: str | Path) -> Loaded:
 
 
 def export(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
-    """Write ``out``: TorchScript (``torch.jit.load``) or ONNX (``onnxruntime``), dynamic batch size."""
+    """Write ``out``: TorchScript (``torch.jit.load``; deprecated upstream), ONNX (``onnxruntime``) or a
+    :func:`torch.export` program (``pt2``: ``torch.export.load``), with a dynamic batch size."""
     if fmt not in FORMATS:
         raise SldartsError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     loaded = load(run_dir)
+    if fmt == "pt2":
+        if isinstance(loaded.model, Exported):
+            out = Path(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            torch.export.save(loaded.model.program, str(out))
+            return out
+        return save_program(loaded.model, loaded.shape, out)
     net = LogitsOnly(copy.deepcopy(loaded.model)).eval()
     example = torch.zeros(2, *loaded.shape)
     out = Path(out)
@@ -141,11 +189,11 @@ def export(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
         if fmt == "torchscript":
             torch.jit.trace(net, example).save(str(out))  # the eval path only: no aux head, no drop path
         else:
-            _onnx(net, example, out)
+            _onnx(loaded.model.program if isinstance(loaded.model, Exported) else net, example, out)
     return out
 
 
-def _onnx(net: nn.Module, example: Tensor, out: Path) -> None:
+def _onnx(net: Any, example: Tensor, out: Path) -> None:
     """The exporter PyTorch recommends for its version (``dynamo=True``: torch.export), opset 18."""
     try:
         import onnxscript  # noqa: F401

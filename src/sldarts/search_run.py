@@ -244,6 +244,16 @@ class SearchRun(EpochRun):
     def on_finish(self, result: dict[str, Any]) -> None:
         from sldarts.plot import plot_cells
 
+        if self._user_model is not None:  # no factory to rebuild it from: save the fixed network itself
+            from sldarts.export import PROGRAM, save_program
+            from sldarts.nn import fix
+
+            try:
+                save_program(fix(self.model.model, result[self.space.arch_key]).float().cpu(), self.data.sample_shape,
+                             self.out / PROGRAM)
+            except SldartsError as exc:
+                self.progress.message(f"{PROGRAM} not written ({exc}); sldarts.load needs space=pkg.mod:build")
+
         try:
             plot_cells(self.space, result[self.space.arch_key], self.out / "cell", formats=("png",))
         except (SldartsError, OSError) as exc:
