@@ -96,3 +96,38 @@ print(json.dumps(dict(logits=logits.tolist(), again=again.tolist(), top=[r["top"
     assert got["top"] == logits.argmax(1).tolist()
     fixed = sldarts.fix(TinyViT(), res["choices"])  # the same function as the supernet fixed in this process
     assert sum(isinstance(m, Choice) for m in fixed.modules()) == 0
+
+
+class Regressor(nn.Module):
+    """y = x @ w: a linear layer or a small MLP (label "body"), a Zero-or-identity residual (label "extra")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = Choice({"linear": nn.Linear(4, 2), "mlp": nn.Sequential(nn.Linear(4, 8), nn.ReLU(),
+                                                                            nn.Linear(8, 2))}, label="body")
+        self.extra = Choice({"none": Zero(1), "copy": nn.Linear(4, 2, bias=False)}, label="extra")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.extra(x)
+
+
+def mean_abs_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (out - y).abs().mean()
+
+
+@pytest.mark.parametrize("optim", ["single", "bilevel"])
+def test_a_regression_model_searches_with_a_loss_and_reports_its_metric(tmp_path, optim):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 4, generator=g)
+    y = x @ torch.tensor([[1.0, -2.0], [0.5, 0.0], [0.0, 1.0], [-1.0, 0.5]])  # labels of shape (2,), float
+    data = torch.utils.data.TensorDataset(x[:64], y[:64])
+    kw = (dict(loss=torch.nn.functional.mse_loss, metric=mean_abs_error) if optim == "single" else
+          dict(loss="mse", metric="torch.nn.functional:l1_loss"))  # names, as on the command line
+    res = sldarts.search(model=Regressor(), train_data=data, test_data=torch.utils.data.TensorDataset(x[64:], y[64:]),
+                         optim=optim, epochs=3, batch_size=16, lr=0.05, workers=0, progress="none",
+                         out=str(tmp_path / "run"), **kw)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert all("valid_metric" in r and "valid_loss" in r and "valid_acc" not in r for r in rows)
+    assert rows[-1]["valid_loss"] < rows[0]["valid_loss"]  # it learns y = x @ w
+    assert set(res["choices"]) == {"body", "extra"} and res["test_metric"] >= 0 and "test_loss" in res
+    assert res["config"]["loss"] == ("<loss:mse_loss>" if optim == "single" else "mse")

@@ -78,6 +78,19 @@ def _check_dataset(value: str) -> None:
                        + _suggest(value, DATASETS))
 
 
+LOSSES = ("cross_entropy", "mse", "l1", "bce")  # built-in names of loss= (and metric=); else pkg.mod:fn
+
+
+def _check_callable(key: str):
+    def check(value: str) -> None:
+        from sldarts.registry import is_import_path
+
+        if value and not (value in LOSSES or value.startswith("<") or is_import_path(value)):
+            raise SldartsError(f"config: {key}={value!r} is not one of {', '.join(LOSSES)} nor an import path "
+                               "(pkg.module:fn or file.py:fn taking (outputs, labels))" + _suggest(value, LOSSES))
+    return check
+
+
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
     return {"range": (lo, hi, lo_open)}
 
@@ -153,6 +166,11 @@ class SearchConfig(RunOptions):
         "share of the training images held out (stratified, the same for every seed) for valid_acc where the "
         "data has no validation split; empty: 0.1, or 0 for the built-in benchmark sets (their test split)")})
     stem: str = field(default="auto", metadata=_choice("auto", "cifar", "imagenet"))  # DARTS search network
+    loss: str = field(default="", metadata={"check": _check_callable("loss"), "help": (
+        "the training loss fn(outputs, labels): mse, l1, bce, cross_entropy or pkg.mod:fn (labels of any shape); "
+        "empty: cross-entropy on class indices")})
+    metric: str = field(default="", metadata={"check": _check_callable("metric"), "help": (
+        "a number to report as valid_metric/test_metric, fn(outputs, labels) -> batch mean; same names as loss")})
     cache_limit_mb: int = field(default=2048, metadata=_range(0))  # larger image folders stream from disk
     optim: str = field(default="single", metadata=_registered("optim"))
     order: int = field(default=1, metadata=_range(1, 2))

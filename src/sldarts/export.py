@@ -138,9 +138,11 @@ def load(run_dir: str | Path) -> Loaded:
     arch = res[res.get("arch_key", "arch")]
     c = spec["shape"][0]
     if "recipe" in cfg:  # a retrain run: the evaluation network and its weights
-        model = space.eval_network(arch, spec["num_classes"], c, dataset=cfg.get("dataset", "cifar10"),
-                                   channels=cfg.get("channels"), cells=cfg.get("cells"),
-                                   auxiliary=cfg.get("auxiliary_weight", 0) > 0, side=spec["shape"][-1])
+        from sldarts.spaces.base import eval_network_for
+
+        model = eval_network_for(space, arch, spec["num_classes"], c, spec["shape"][-1],
+                                 dataset=cfg.get("dataset", "cifar10"), channels=cfg.get("channels"),
+                                 cells=cfg.get("cells"), auxiliary=cfg.get("auxiliary_weight", 0) > 0)
         state = ckpt.load(run / "checkpoint.pt", "retrain")["model"]
     else:
         from sldarts.config import SearchConfig

@@ -19,10 +19,10 @@ from sldarts.data import Cycle, SearchData, build_search_data
 from sldarts.decided import margins, note, stability
 from sldarts.errors import SldartsError
 from sldarts.lookup import ENV, open_benchmark
-from sldarts.run import EpochRun, accuracy, autocast_for
+from sldarts.run import EpochRun, accuracy, autocast_for, evaluate, resolve_fn
 from sldarts.rundir import read_metrics
 from sldarts.spaces import SearchSpace, Supernet
-from sldarts.spaces.base import Decision
+from sldarts.spaces.base import Decision, eval_network_for
 from sldarts.strategies import make_optimizers, make_strategy
 
 __all__ = ["SearchRun", "auto_lr_search", "derive", "resolve_cell", "search"]
@@ -32,11 +32,13 @@ class SearchRun(EpochRun):
     kind = "search"
 
     def __init__(self, cfg: SearchConfig, *, model: torch.nn.Module | None = None, train_data: Any = None,
-                 valid_data: Any = None, test_data: Any = None) -> None:
+                 valid_data: Any = None, test_data: Any = None, loss: Any = None, metric: Any = None) -> None:
         """``model``: a user network with sldarts.nn choices (else ``cfg.space`` builds the supernet);
         ``train_data``/``valid_data``/``test_data``: map-style datasets (else ``cfg.dataset`` names the data)."""
         self._user_model, self._train_data, self._valid_data = model, train_data, valid_data
         self._test_data = test_data
+        self._loss = loss if callable(loss) else resolve_fn(cfg.loss, "loss")
+        self._metric = metric if callable(metric) else resolve_fn(cfg.metric, "metric")
         super().__init__(cfg)
 
     def default_dir(self) -> Path:
@@ -80,6 +82,8 @@ class SearchRun(EpochRun):
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=min(cfg.lr_min, cfg.lr))
         self.strategy = make_strategy(cfg, self.model, self.net, self.w_opt, self.a_opt,
                                       autocast_for(cfg.amp, self.device))
+        if self._loss is not None:  # loss=: any task (regression, multi-label); α and w both see it
+            self.strategy.loss_fn = self._loss
         self._arch_batch = None
         self.probe = None
         if cfg.analysis and self.dist.main:
@@ -161,7 +165,7 @@ class SearchRun(EpochRun):
 
     def measure(self) -> dict[str, Any]:
         arch = self._derive()
-        row = {"valid_acc": accuracy(self.model, self.data.eval)[0], **self.model.alpha_state(),
+        row = {**self._scores(self.data.eval, "valid"), **self.model.alpha_state(),
                self.space.arch_key: arch, "param_free_ratio": self.model.param_free_ratio(arch)}
         decisions = self._decisions()
         if decisions is not None:
@@ -173,6 +177,14 @@ class SearchRun(EpochRun):
             self.probe.seconds = 0.0
         return row
 
+    def _scores(self, loader, split: str) -> dict[str, float]:
+        """valid_acc (classification) or valid_loss (loss=), and valid_metric (metric=); test_* alike."""
+        out = ({f"{split}_acc": accuracy(self.model, loader)[0]} if self._loss is None
+               else {f"{split}_loss": evaluate(self.model, loader, self._loss)})
+        if self._metric is not None:
+            out[f"{split}_metric"] = evaluate(self.model, loader, self._metric)
+        return out
+
     def summary_line(self, row: dict[str, Any]) -> str:
         key = self.space.arch_key
         extra = ""
@@ -180,7 +192,9 @@ class SearchRun(EpochRun):
             a = row["analysis_seconds"]
             extra = f" (analysis {a:.1f}s of it, +{a / max(row['seconds'] - a, 1e-9):.0%})"
         margin = f" min-margin {row['min_margin']:.2g}" if row.get("min_margin") is not None else ""
-        return (f"valid {row['valid_acc']:.2%} param-free {row['param_free_ratio']:.2f}{margin} "
+        valid = (f"valid {row['valid_acc']:.2%}" if "valid_acc" in row else f"valid loss {row['valid_loss']:.4g}")
+        valid += f" metric {row['valid_metric']:.4g}" if "valid_metric" in row else ""
+        return (f"{valid} param-free {row['param_free_ratio']:.2f}{margin} "
                 f"{key} {json.dumps(row[key])}{extra}")
 
     def result(self, seconds: float, last: dict[str, Any] | None) -> dict[str, Any]:
@@ -189,12 +203,13 @@ class SearchRun(EpochRun):
         ratio = self.model.param_free_ratio(arch)
         out: dict[str, Any] = {"space": cfg.space, "arch_key": self.space.arch_key, self.space.arch_key: arch,
                                "param_free_ratio": ratio, "derive": cfg.derive, **extra,
-                               "valid_acc": last["valid_acc"] if last else None, "epochs": cfg.epochs,
+                               "valid_acc": last.get("valid_acc") if last else None, "epochs": cfg.epochs,
+                               **{k: last[k] for k in ("valid_loss", "valid_metric") if last and k in last},
                                "seconds": round(seconds, 1), "input": self.data.input_spec()}
         if self.benchmark is not None:
             out["benchmark"] = self.benchmark.query(arch)
         if self.data.test is not None:  # once, at the end: never a selection number
-            out["test_acc"] = accuracy(self.model, self.data.test)[0]
+            out.update(self._scores(self.data.test, "test"))
         decisions = self._decisions() if cfg.optim != "rsps" else None  # RSPS decides by scores, not α
         if decisions is not None:
             out.update(margins(decisions))
@@ -222,8 +237,8 @@ class SearchRun(EpochRun):
             if ds is not None:
                 return {"dataset": ds, **complexity(self.space, arch, ds)}
             info = self.data.info
-            net = self.space.eval_network(arch, info.num_classes, info.in_channels, dataset=self.cfg.dataset,
-                                          side=self.data.sample_shape[-1])
+            net = eval_network_for(self.space, arch, info.num_classes, info.in_channels,
+                                   self.data.sample_shape[-1], dataset=self.cfg.dataset)
             return {"dataset": self.cfg.dataset, **summary(net, self.data.sample_shape)}
         except SldartsError:  # a space without an evaluation network
             return None
@@ -303,9 +318,14 @@ def search(config: SearchConfig | None = None, *, model: torch.nn.Module | None 
         overrides["space"] = f"<model:{type(model).__name__}>"
     if train_data is not None and "dataset" not in overrides:
         overrides["dataset"] = f"<dataset:{type(train_data).__name__}>"
+    fns = {}
+    for key in ("loss", "metric"):  # a Python callable: recorded by name, passed to the run as the object
+        if callable(overrides.get(key)):
+            fns[key] = overrides[key]
+            overrides[key] = f"<{key}:{getattr(fns[key], '__name__', type(fns[key]).__name__)}>"
     if overrides:
         cfg = load_config(None, overrides, base=base)
-    objects = dict(model=model, train_data=train_data, valid_data=valid_data, test_data=test_data)
+    objects = dict(model=model, train_data=train_data, valid_data=valid_data, test_data=test_data, **fns)
     return auto_lr_search(cfg, **objects) if cfg.auto_lr else SearchRun(cfg, **objects).run()
 
 

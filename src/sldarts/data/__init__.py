@@ -205,11 +205,12 @@ def _dataset_search_data(cfg: SearchConfig, train: Any, valid: Any | None, bs: i
                          test: Any = None, recorded: dict | None = None) -> SearchData:
     """Search data from map-style datasets: ``valid`` (else ``valid_split`` of ``train``, held out) gives the
     validation accuracy and, in bi-level search, the α batches; ``test`` is measured once at the end."""
-    check_dataset(train, "train_data")
+    classes = not getattr(cfg, "loss", "")  # the default loss (cross-entropy) needs class indices
+    check_dataset(train, "train_data", classes)
     if valid is not None:
-        check_dataset(valid, "valid_data")
+        check_dataset(valid, "valid_data", classes)
     if test is not None:
-        check_dataset(test, "test_data")
+        check_dataset(test, "test_data", classes)
     info = dataset_info(train, cfg.dataset)
     mk = lambda ds, idx, shuf, stream: DatasetLoader(ds, idx, bs, shuffle=shuf, stream=stream,  # noqa: E731
                                                      workers=cfg.workers, **common)

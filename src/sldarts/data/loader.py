@@ -293,30 +293,37 @@ class _SeededItems(torch.utils.data.Dataset):
         return _as_pair(item, i)
 
 
-def _as_pair(item, i: int, where: str = "dataset") -> tuple[Tensor, Tensor]:
-    """(float input tensor, int64 label) from ``(tensor, int)`` or a pair of tensors; one line otherwise."""
+def _as_pair(item, i: int, where: str = "dataset", classification: bool = False) -> tuple[Tensor, Tensor]:
+    """(float input tensor, label) from ``(tensor, int)`` or a pair of tensors; one line otherwise. A one-value
+    integer label becomes an int64 scalar (a class); any other label tensor (regression, multi-label, masks)
+    is kept as it is, unless ``classification`` asks for a class index."""
     ok = isinstance(item, (tuple, list)) and len(item) == 2
     x, y = item if ok else (None, None)
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
+    if isinstance(y, np.ndarray):
+        y = torch.from_numpy(y)
     if isinstance(y, (int, np.integer)) and not isinstance(y, bool):
         y = torch.tensor(int(y))
-    if not (ok and isinstance(x, Tensor) and isinstance(y, Tensor) and y.numel() == 1
-            and not y.is_floating_point() and not y.is_complex()):
-        got = (f"({type(item[0]).__name__}, {type(item[1]).__name__})" if isinstance(item, (tuple, list))
+    elif isinstance(y, (float, np.floating)):
+        y = torch.tensor(float(y))
+    is_class = isinstance(y, Tensor) and y.numel() == 1 and not y.is_floating_point() and not y.is_complex()
+    if not (ok and isinstance(x, Tensor) and isinstance(y, Tensor)) or (classification and not is_class):
+        shape = f" of shape {tuple(y.shape)}" if isinstance(y, Tensor) else ""
+        got = (f"({type(item[0]).__name__}, {type(item[1]).__name__}{shape})" if isinstance(item, (tuple, list))
                else type(item).__name__)
         raise SldartsError(f"{where}[{i}] returned {got}; a data set must return (tensor, int) or "
-                           "(tensor, integer tensor)")
-    return (x if x.is_floating_point() else x.float()), y.reshape(()).long()
+                           "(tensor, integer tensor) (other labels need loss=, e.g. loss=mse)")
+    return (x if x.is_floating_point() else x.float()), (y.reshape(()).long() if is_class else y)
 
 
-def check_dataset(ds, where: str) -> None:
+def check_dataset(ds, where: str, classification: bool = True) -> None:
     """A map-style dataset with at least one item of the right types, or one clear line."""
     if not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
         raise SldartsError(f"{where} is a {type(ds).__name__}, not a map-style dataset (__getitem__ and __len__)")
     if len(ds) < 2:
         raise SldartsError(f"{where} has {len(ds)} items; a search needs at least 2")
-    _as_pair(ds[0], 0, where)
+    _as_pair(ds[0], 0, where, classification)
 
 
 def dataset_info(ds, name: str) -> DatasetInfo:
@@ -330,7 +337,7 @@ def dataset_info(ds, name: str) -> DatasetInfo:
         targets = getattr(base, "targets", None)
         labels = (torch.as_tensor(targets) if targets is not None
                   else torch.stack([_as_pair(ds[i], i)[1] for i in range(len(ds))]))
-        n = int(labels.max()) + 1
+        n = int(labels.max()) + 1 if labels.dim() == 1 and not labels.is_floating_point() else 0  # 0: no classes
     return DatasetInfo(name, int(n), int(x.shape[0]) if x.dim() >= 2 else 1, classes=names)
 
 

@@ -15,6 +15,7 @@ from sldarts.config import RetrainConfig
 from sldarts.data import build_train_data
 from sldarts.evaluate.complexity import count_macs, count_params
 from sldarts.run import EpochRun, StepOutput, accuracy, all_finite, autocast_for, skipped_step
+from sldarts.spaces.base import eval_network_for
 
 
 def lr_lambda(epochs: int, warmup: int, schedule: str):
@@ -43,10 +44,9 @@ class RetrainRun(EpochRun):
         self.data = build_train_data(cfg, self.device, self.dist.rank, self.dist.world, recorded)
         self.train_loader = self.data.train
         info = self.data.info
-        self.model = self.space.eval_network(self.arch, info.num_classes, info.in_channels, dataset=cfg.dataset,
-                                             channels=cfg.channels, cells=cfg.cells,
-                                             auxiliary=cfg.auxiliary_weight > 0,
-                                             side=self.data.sample_shape[-1])
+        self.model = eval_network_for(self.space, self.arch, info.num_classes, info.in_channels,
+                                      self.data.sample_shape[-1], dataset=cfg.dataset, channels=cfg.channels,
+                                      cells=cfg.cells, auxiliary=cfg.auxiliary_weight > 0)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -353,3 +353,14 @@ def stem_side(cfg: Any) -> int:
     """The input side a built-in space fits its stem to: the searched images' (set by the run once its data
     is read), else ``image_size`` (0: unknown)."""
     return int(getattr(cfg, "input_side", 0) or getattr(cfg, "image_size", 0) or 0)
+
+
+def eval_network_for(space: SearchSpace, arch: Any, num_classes: int, in_channels: int, side: int = 0,
+                     **kw: Any) -> nn.Module:
+    """``space.eval_network`` with the input's side for the built-in spaces' stems (a space of one's own
+    written without ``side`` is called without it)."""
+    import inspect
+
+    if side and "side" in inspect.signature(space.eval_network).parameters:
+        kw["side"] = side
+    return space.eval_network(arch, num_classes, in_channels, **kw)
