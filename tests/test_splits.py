@@ -101,3 +101,19 @@ def test_built_in_spaces_fit_their_stem_to_the_input():
     evalnet = get_space("nb201").eval_network("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|", 3, 3,
                                               channels=4, cells=1, side=64)
     assert evalnet(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
+
+
+def test_the_same_command_twice_gets_a_fresh_directory_unless_out_is_named(tmp_path):
+    import pytest
+
+    from sldarts.errors import SldartsError
+    from sldarts.rundir import prepare_run_dir
+
+    default = tmp_path / "runs" / "nb201-digits"
+    for expect in ("nb201-digits", "nb201-digits-2", "nb201-digits-3"):
+        out, resuming = prepare_run_dir(SearchConfig(**TINY), default)
+        assert out.name == expect and not resuming
+        (out / "config.yaml").write_text("seed: 0\n")  # what a started run leaves
+    assert prepare_run_dir(SearchConfig(**TINY, resume=True), default)[0] == default  # resume: the named one
+    with pytest.raises(SldartsError, match="already holds a run"):
+        prepare_run_dir(SearchConfig(**TINY, out=str(default)), default)

@@ -48,9 +48,23 @@ def append_line(path: Path, line: str) -> None:
                            "(the last checkpoint is intact)") from None
 
 
+def fresh_name(default: Path) -> Path:
+    """Without ``out=``: ``default`` while it holds no run, else the first ``default-N`` (N = 2, 3, ...) that
+    holds none, so the same command run twice gives two runs (as Lightning's version_N)."""
+    out, n = default, 1
+    while (out / "config.yaml").exists():
+        n += 1
+        out = default.with_name(f"{default.name}-{n}")
+    return out
+
+
 def prepare_run_dir(cfg: Any, default: Path, main: bool = True) -> tuple[Path, bool]:
-    """Create or check the run directory. Returns (path, resume requested and allowed)."""
+    """Create or check the run directory. Returns (path, resume requested and allowed). Without ``out=`` and
+    without resume/overwrite, a fresh directory (:func:`fresh_name`); an explicit ``out=`` holding a run is
+    refused unless resume or overwrite is asked for."""
     out = Path(cfg.out) if cfg.out else default
+    if not cfg.out and not cfg.resume and not cfg.overwrite:
+        out = fresh_name(default)
     saved = out / "config.yaml"
     if saved.exists():
         try:
