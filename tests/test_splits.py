@@ -105,6 +105,7 @@ def test_built_in_spaces_fit_their_stem_to_the_input():
 
 def test_the_same_command_twice_gets_a_fresh_directory_unless_out_is_named(tmp_path):
     import pytest
+    import yaml
 
     from sldarts.errors import SldartsError
     from sldarts.rundir import prepare_run_dir
@@ -113,7 +114,7 @@ def test_the_same_command_twice_gets_a_fresh_directory_unless_out_is_named(tmp_p
     for expect in ("nb201-digits", "nb201-digits-2", "nb201-digits-3"):
         out, resuming = prepare_run_dir(SearchConfig(**TINY), default)
         assert out.name == expect and not resuming
-        (out / "config.yaml").write_text("seed: 0\n")  # what a started run leaves
+        (out / "config.yaml").write_text(yaml.safe_dump(SearchConfig(**TINY).to_dict()))  # a started run's
     assert prepare_run_dir(SearchConfig(**TINY, resume=True), default)[0] == default  # resume: the named one
     with pytest.raises(SldartsError, match="already holds a run"):
         prepare_run_dir(SearchConfig(**TINY, out=str(default)), default)
