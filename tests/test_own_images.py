@@ -29,6 +29,7 @@ def test_search_retrain_predict_export_on_one_folder_of_jpegs(tmp_path, monkeypa
     run = next((tmp_path / "runs").iterdir())
     log = (run / "log.txt").read_text()
     assert "valid 6 from 0.25 of photos held out (stratified)" in log and "no test split" in log
+    assert "shorter side resized to 16, centre crop 16x16" in log and "16 px input" in log
     split = json.loads((run / "split.json").read_text())
     perm = np.random.RandomState(0)  # 2 of each class's 8, drawn class by class from one fixed generator
     expect = [f"{c}/{i}.jpg" for c in ("apple", "kiwi", "plum") for i in sorted(perm.permutation(8)[:2])]

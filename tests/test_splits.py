@@ -66,6 +66,7 @@ def test_valid_acc_never_touches_the_test_split(tmp_path, monkeypatch):
     assert len(split["valid_held_out"]) == 3 and split["test"].endswith("test")
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "valid 3 from" in log and "test 6 from" in log and "measured once at the end" in log
+    assert "centre crop 20x20 (image_size=0: the first image's shorter side), streamed" in log
 
 
 def test_streamed_and_in_memory_give_the_same_tensors(tmp_path, monkeypatch):
@@ -118,3 +119,17 @@ def test_the_same_command_twice_gets_a_fresh_directory_unless_out_is_named(tmp_p
     assert prepare_run_dir(SearchConfig(**TINY, resume=True), default)[0] == default  # resume: the named one
     with pytest.raises(SldartsError, match="already holds a run"):
         prepare_run_dir(SearchConfig(**TINY, out=str(default)), default)
+
+
+def test_in_memory_training_crops_are_random_resized_crops():
+    from sldarts.data.loader import resized_crop_batch
+
+    x = torch.arange(2 * 8 * 8, dtype=torch.float32).view(1, 2, 8, 8).repeat(64, 1, 1, 1)
+    full = resized_crop_batch(x, False, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert torch.allclose(full, x, atol=1e-4)  # the whole image at its own size: unchanged
+    flipped = resized_crop_batch(x, True, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    mirrored = torch.tensor([torch.allclose(f, x[0].flip(-1), atol=1e-4) for f in flipped])
+    assert 0 < int(mirrored.sum()) < 64  # about half are flipped
+    crops = resized_crop_batch(x, False, torch.Generator().manual_seed(1))
+    assert crops.shape == x.shape and crops.min() >= x.min() and crops.max() <= x.max()
+    assert len({round(float(c.std()), 3) for c in crops}) > 32  # boxes of different sizes

@@ -187,7 +187,7 @@ def _labels_of(ds) -> np.ndarray:
     from sldarts.data.loader import _as_pair
 
     ys = [_as_pair(ds[i], i)[1] for i in range(len(ds))]
-    return np.stack([y.numpy() for y in ys]) if ys and ys[0].dim() else np.asarray([int(y) for y in ys])
+    return np.stack([y.numpy() for y in ys]) if ys and ys[0].dim() else np.asarray([y.item() for y in ys])
 
 
 def _recorded_holdout(names: list[str], recorded: dict | None, labels, frac: float):
@@ -335,8 +335,8 @@ def folder_parts(cfg, recorded: dict | None = None) -> _Parts:
     imagenet = cfg.dataset == "imagenet"
     side = cfg.image_size or (224 if imagenet else short_side(files[0]))
     crop_pct = 0.875 if imagenet else 1.0
-    info = DatasetInfo(cfg.dataset, len(sp.classes), 3, IN_MEAN, IN_STD, pad=0 if imagenet else max(side // 8, 1),
-                       flip=True, classes=tuple(sp.classes))
+    info = DatasetInfo(cfg.dataset, len(sp.classes), 3, IN_MEAN, IN_STD, pad=0, flip=True,
+                       classes=tuple(sp.classes), resized_crop=True)
     return _Parts(info, side, crop_pct, (files, labels), valid, sp.test, split)
 
 
@@ -375,7 +375,11 @@ def _folder_data(cfg, bs: int, common: dict, recorded: dict | None, search: bool
     train = mk(pick(w_pos), True, TRAIN)
     ev = mk(eval_part, False, EVAL)
     tl = mk(p.test, False, EVAL) if p.test is not None else None
-    return SearchData(p.info, train, arch, ev, note or _split_note(p.split, train.num_samples, ev.num_samples, tl),
+    size = (f"images: shorter side resized to {round(p.side / p.crop_pct)}, centre crop {p.side}x{p.side}"
+            + ("" if cfg.image_size else " (image_size=0: the first image's shorter side)")
+            + (", streamed from disk" if streamed else ", held in memory"))
+    return SearchData(p.info, train, arch, ev,
+                      (note or _split_note(p.split, train.num_samples, ev.num_samples, tl)) + "; " + size,
                       tl, _image_preprocess(p.side, p.crop_pct), p.split)
 
 

@@ -57,6 +57,27 @@ def augment_batch(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tens
     return x
 
 
+def resized_crop_batch(x: Tensor, flip: bool, gen: torch.Generator, scale=(0.08, 1.0),
+                       ratio=(3 / 4, 4 / 3)) -> Tensor:
+    """Inception-style random-resized crop (+ flip) of every image of a batch, as tensor ops: a box of a
+    random share of the area and aspect ratio (clipped to the image), resampled bilinearly to the full size.
+    The streamed path draws the same kind of box from the decoded file."""
+    b, _, h, w = x.shape
+    dev = x.device
+    area = torch.empty(b, device=dev).uniform_(*scale, generator=gen)
+    logr = torch.empty(b, device=dev).uniform_(float(np.log(ratio[0])), float(np.log(ratio[1])), generator=gen)
+    cw = (area * logr.exp()).sqrt().clamp(max=1.0)  # box width and height, as shares of the image's
+    ch = (area / logr.exp()).sqrt().clamp(max=1.0)
+    cx = (torch.rand(b, device=dev, generator=gen) * (1 - cw) + cw / 2) * 2 - 1  # box centre in [-1, 1]
+    cy = (torch.rand(b, device=dev, generator=gen) * (1 - ch) + ch / 2) * 2 - 1
+    sx = torch.where(torch.rand(b, device=dev, generator=gen) < 0.5, -cw, cw) if flip else cw
+    zero = torch.zeros_like(cw)
+    theta = torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, ch, cy], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, [b, x.shape[1], h, w], align_corners=False)
+    return torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
+                                           align_corners=False)
+
+
 class _Sharded:
     """Batch ``k`` of an epoch is the k-th slice of ``batch_size x world`` of the epoch's permutation, and
     rank r takes every world-th sample of it: a run over N processes sees, step by step, the very samples
@@ -129,7 +150,8 @@ class TensorLoader(_Sharded):
         g = None
         if self.augment:
             g = torch.Generator(device=self.device).manual_seed(_seed(self.seed, self.stream, epoch, k, 1))
-            x = augment_batch(x, self.info.pad, self.info.flip, g)
+            x = (resized_crop_batch(x, self.info.flip, g) if self.info.resized_crop
+                 else augment_batch(x, self.info.pad, self.info.flip, g))
         x = (x.float() - self.mean) / self.std
         if self.cutout and g is not None:  # after normalisation, as in DARTS: the square becomes 0
             x = cutout_batch(x, self.cutout, g)

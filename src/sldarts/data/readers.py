@@ -33,6 +33,7 @@ class DatasetInfo:
     pad: int = 0  # random-crop padding during search
     flip: bool = False
     classes: tuple[str, ...] = ()  # class names, where the data set has them (image folders)
+    resized_crop: bool = False  # training crops: random-resized (image folders) instead of padded random crops
 
 
 @dataclass
