@@ -181,6 +181,9 @@ def export(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
             torch.export.save(loaded.model.program, str(out))
             return out
         return save_program(loaded.model, loaded.shape, out)
+    if fmt == "torchscript" and isinstance(loaded.model, Exported):
+        raise SldartsError(f"{run_dir} holds a torch.export program (model.pt2), which TorchScript cannot trace "
+                           "with a dynamic batch size; use --format pt2 or onnx")
     net = LogitsOnly(copy.deepcopy(loaded.model)).eval()
     example = torch.zeros(2, *loaded.shape)
     out = Path(out)
