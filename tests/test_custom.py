@@ -205,11 +205,13 @@ def _folder(root: Path, per_class: int) -> None:
 
 
 def _data_peak_rss(root: Path, cache: Path, limit: int) -> float:
-    """Peak RSS of a fresh process that builds the search data of a folder and draws an epoch of each loader."""
+    """Peak RSS of a fresh process that builds the search data of a folder and draws an epoch of each loader
+    (in memory: all of its training images, since only the images a run uses are decoded)."""
     code = ("import torch, sldarts.bench as b; from sldarts.config import SearchConfig; "
             "from sldarts.data import build_search_data; "
             f"cfg = SearchConfig(dataset='imagefolder', data_root={str(root)!r}, image_size=96, "
-            f"cache_limit_mb={limit}, train_samples=32, eval_samples=8, batch_size=8, workers=0); "
+            f"cache_limit_mb={limit}, train_samples={32 if limit == 0 else 0}, eval_samples=8, batch_size=8, "
+            "workers=0); "
             "d = build_search_data(cfg, torch.device('cpu')); "
             "[None for loader in (d.train, d.eval) for _ in loader.epoch(0)]; "
             "print(type(d.train).__name__, b.own_peak_rss_mb())")

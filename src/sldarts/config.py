@@ -92,6 +92,19 @@ def _check_dataset(value: str) -> None:
                        + _suggest(value, DATASETS))
 
 
+LOSSES = ("cross_entropy", "mse", "l1", "bce")  # built-in names of loss= (and metric=); else pkg.mod:fn
+
+
+def _check_callable(key: str):
+    def check(value: str) -> None:
+        from sldarts.registry import is_import_path
+
+        if value and not (value in LOSSES or value.startswith("<") or is_import_path(value)):
+            raise SldartsError(f"config: {key}={value!r} is not one of {', '.join(LOSSES)} nor an import path "
+                               "(pkg.module:fn or file.py:fn taking (outputs, labels))" + _suggest(value, LOSSES))
+    return check
+
+
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
     return {"range": (lo, hi, lo_open)}
 
@@ -168,7 +181,15 @@ class SearchConfig(RunOptions, CostOptions):
     dataset: str = field(default="digits", metadata={"check": _check_dataset})
     data_root: str = "data"
     image_size: int = field(default=0, metadata=_range(0))  # resize image folders to this side (0: native)
+    valid_split: float | None = field(default=None, metadata={**_range(0, 0.9), "help": (
+        "share of the training images held out (stratified, the same for every seed) for valid_acc where the "
+        "data has no validation split; empty: 0.1, or 0 for the built-in benchmark sets (their test split)")})
     stem: str = field(default="auto", metadata=_choice("auto", "cifar", "imagenet"))  # DARTS search network
+    loss: str = field(default="", metadata={"check": _check_callable("loss"), "help": (
+        "the training loss fn(outputs, labels): mse, l1, bce, cross_entropy or pkg.mod:fn (labels of any shape); "
+        "empty: cross-entropy on class indices")})
+    metric: str = field(default="", metadata={"check": _check_callable("metric"), "help": (
+        "a number to report as valid_metric/test_metric, fn(outputs, labels) -> batch mean; same names as loss")})
     cache_limit_mb: int = field(default=2048, metadata=_range(0))  # larger image folders stream from disk
     optim: str = field(default="single", metadata=_registered("optim"))
     order: int = field(default=1, metadata=_range(1, 2))
@@ -235,6 +256,9 @@ class SearchConfig(RunOptions, CostOptions):
     sync_bn: bool = field(default=False, metadata={"help": "batch norm over the global batch of all torchrun "
                                                    "processes (as one process computes it), not per process; "
                                                    "runs the reference cells"})
+
+    # the searched images' side, set by the run once its data is read (stem=auto follows it; not a key)
+    input_side: typing.ClassVar[int] = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -488,7 +512,9 @@ class RetrainConfig(RunOptions):
     drop_path: float = field(default=0.2, metadata=_range(0, 1))
     cutout: int = field(default=16, metadata=_range(0))
     color_jitter: float = field(default=0.0, metadata=_range(0, 1))
-    image_size: int = field(default=224, metadata=_range(8))  # ImageNet crops
+    image_size: int = field(default=0, metadata=_range(0))  # ImageNet crops (0: 224; image folders: native)
+    valid_split: float | None = field(default=None, metadata={**_range(0, 0.9), "help": (
+        "share of the training images held out for valid_acc, as in the search (retrain RUN takes the run's)")})
     grad_clip: float = field(default=5.0, metadata=_range(0))
     channels: int = field(default=36, metadata=_range(1))
     cells: int = field(default=20, metadata=_range(1))
@@ -523,15 +549,29 @@ def load_retrain_config(path: str | Path | None, overrides: dict[str, Any]) -> R
         raise SldartsError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}"
                            + _suggest(str(recipe), RECIPES))
     base = dict(RECIPES[recipe], recipe=recipe)
-    if "dataset" not in RECIPES[recipe]:  # a recipe for any data: the search's data set by default
-        base.update(_searched_data(merged.get("source_run")))
+    base.update(searched_data(merged.get("source_run")))  # retrain what was searched: the run's data and split
     base.update(file_values)
     return load_config(None, overrides, base=base, schema=RetrainConfig)
 
 
-def _searched_data(run_dir: str | None) -> dict[str, Any]:
+SEARCHED_DATA = ("dataset", "data_root", "image_size", "valid_split")
+
+
+def searched_data(run_dir: str | None) -> dict[str, Any]:
+    """The data keys of a search run (its data set, folder, split and image side as it resolved it): what
+    ``sldarts retrain RUN`` trains on unless a key is given again."""
+    import json
+
     saved = Path(run_dir) / "config.yaml" if run_dir else None
     if saved is None or not saved.exists():
         return {}
     old = yaml.safe_load(saved.read_text()) or {}
-    return {k: old[k] for k in ("dataset", "data_root") if k in old}
+    if str(old.get("dataset", "")).startswith("<"):  # a Python object: the retrain needs it named
+        return {}
+    out = {k: old[k] for k in SEARCHED_DATA if k in old}
+    result = Path(run_dir) / "result.json"
+    if result.exists() and out.get("dataset") not in ("cifar10", "cifar100", "imagenet16-120", "digits"):
+        size = (json.loads(result.read_text()).get("input") or {}).get("size")
+        if size:
+            out["image_size"] = size
+    return out

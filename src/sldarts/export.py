@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from sldarts import checkpoint as ckpt
 from sldarts.errors import SldartsError
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript", "onnx", "pt2")
+PROGRAM = "model.pt2"  # a search of a model passed as a Python object: the fixed network, self-contained
 
 
 @dataclass
@@ -33,18 +34,28 @@ class Loaded:
     mean: list[float] = field(default_factory=list)  # of pixels in [0, 1]; empty: no normalisation
     std: list[float] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
+    spec: dict[str, Any] = field(default_factory=dict)  # result.json's "input": the recorded preprocessing
 
     def preprocess(self, image: Any) -> Tensor:
-        """A PIL image as the model's input: resized to (H, W), to its channels, normalised; (1, C, H, W)."""
+        """A PIL image as the model's input, exactly as the run's data was: the shorter side resized and a
+        centre crop (runs that recorded ``crop``; older ones: resized to (H, W)), its channels, normalised
+        as the loaders do it; (1, C, H, W)."""
         import numpy as np
         from PIL import Image
 
+        from sldarts.data.readers import center_crop
+
         c, h, w = self.shape
-        image = image.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-        arr = np.asarray(image, dtype=np.float32).reshape(h, w, c) / 255.0
-        x = torch.from_numpy(arr).permute(2, 0, 1)
-        if self.mean:
-            x = (x - torch.tensor(self.mean).view(c, 1, 1)) / torch.tensor(self.std).view(c, 1, 1)
+        image = image.convert("L" if c == 1 else "RGB")
+        if self.spec.get("crop") == "center" and h == w:
+            image = center_crop(image, h, float(self.spec.get("crop_pct", 1.0)))
+        else:
+            image = image.resize((w, h), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).reshape(h, w, c).copy()).permute(2, 0, 1).float()
+        if self.mean:  # (x - 255 mean) / (255 std): the loaders' arithmetic, so predictions match evaluation
+            x = (x - torch.tensor(self.mean).view(c, 1, 1) * 255.0) / (torch.tensor(self.std).view(c, 1, 1) * 255.0)
+        else:
+            x = x / 255.0
         return x[None]
 
 
@@ -58,6 +69,41 @@ class LogitsOnly(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(x)
         return out[0] if isinstance(out, tuple) else out
+
+
+class Exported(nn.Module):
+    """A network saved with :func:`torch.export.save` (``model.pt2``), loaded without its Python class: the
+    graph was exported in evaluation mode, so train()/eval() only set the flag."""
+
+    def __init__(self, program: Any) -> None:
+        super().__init__()
+        self.program = program
+        self.graph = program.module()
+
+    def train(self, mode: bool = True) -> Exported:
+        self.training = mode
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.graph(x)
+
+
+def save_program(model: nn.Module, shape: list[int] | tuple[int, ...], out: str | Path) -> Path:
+    """``model`` in evaluation mode (logits only) as a :func:`torch.export` program with a dynamic batch
+    size, saved to ``out``: it loads with ``torch.export.load(out).module()``, no Python class needed."""
+    out = Path(out)
+    net = LogitsOnly(copy.deepcopy(model)).eval()
+    example = torch.zeros(2, *shape)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    except Exception as exc:  # data-dependent control flow and the like: torch.export's own message
+        raise SldartsError(f"torch.export cannot capture this network ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(out))
+    return out
 
 
 def _read(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -85,13 +131,19 @@ def load(run_dir: str | Path) -> Loaded:
     run = Path(run_dir)
     cfg, res = _read(run)
     spec = _input(res)
+    if str(res["space"]).startswith("<") and (run / PROGRAM).exists():  # a model passed as a Python object
+        model = Exported(torch.export.load(str(run / PROGRAM)))
+        return Loaded(model.eval(), spec["shape"], spec.get("mean", []), spec.get("std", []),
+                      spec.get("classes", []), spec)
     space = run_space(res["space"], run)
     arch = res[res.get("arch_key", "arch")]
     c = spec["shape"][0]
     if "recipe" in cfg:  # a retrain run: the evaluation network and its weights
-        model = space.eval_network(arch, spec["num_classes"], c, dataset=cfg.get("dataset", "cifar10"),
-                                   channels=cfg.get("channels"), cells=cfg.get("cells"),
-                                   auxiliary=cfg.get("auxiliary_weight", 0) > 0)
+        from sldarts.spaces.base import eval_network_for
+
+        model = eval_network_for(space, arch, spec["num_classes"], c, spec["shape"][-1],
+                                 dataset=cfg.get("dataset", "cifar10"), channels=cfg.get("channels"),
+                                 cells=cfg.get("cells"), auxiliary=cfg.get("auxiliary_weight", 0) > 0)
         state = ckpt.load(run / "checkpoint.pt", "retrain")["model"]
     else:
         from sldarts.config import SearchConfig
@@ -114,11 +166,12 @@ def load(run_dir: str | Path) -> Loaded:
         model.aux_head = None
     model.eval()
     return Loaded(model.float().to(memory_format=torch.contiguous_format), spec["shape"], spec.get("mean", []),
-                  spec.get("std", []), spec.get("classes", []))
+                  spec.get("std", []), spec.get("classes", []), spec)
 
 
 def export(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
-    """Write ``out``: TorchScript (``torch.jit.load``) or ONNX (``onnxruntime``), dynamic batch size."""
+    """Write ``out``: TorchScript (``torch.jit.load``; deprecated upstream), ONNX (``onnxruntime``) or a
+    :func:`torch.export` program (``pt2``: ``torch.export.load``), with a dynamic batch size."""
     if fmt not in FORMATS:
         raise SldartsError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out)
@@ -129,6 +182,16 @@ def export(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
 
     make_parent(out)
     loaded = load(run_dir)
+    if fmt == "pt2":
+        if isinstance(loaded.model, Exported):
+            out = Path(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            torch.export.save(loaded.model.program, str(out))
+            return out
+        return save_program(loaded.model, loaded.shape, out)
+    if fmt == "torchscript" and isinstance(loaded.model, Exported):
+        raise SldartsError(f"{run_dir} holds a torch.export program (model.pt2), which TorchScript cannot trace "
+                           "with a dynamic batch size; use --format pt2 or onnx")
     net = LogitsOnly(copy.deepcopy(loaded.model)).eval()
     example = torch.zeros(2, *loaded.shape)
     with torch.no_grad(), warnings.catch_warnings():
@@ -137,11 +200,11 @@ def export(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
         if fmt == "torchscript":
             torch.jit.trace(net, example).save(str(out))  # the eval path only: no aux head, no drop path
         else:
-            _onnx(net, example, out)
+            _onnx(loaded.model.program if isinstance(loaded.model, Exported) else net, example, out)
     return out
 
 
-def _onnx(net: nn.Module, example: Tensor, out: Path) -> None:
+def _onnx(net: Any, example: Tensor, out: Path) -> None:
     """The exporter PyTorch recommends for its version (``dynamo=True``: torch.export), opset 18."""
     try:
         import onnxscript  # noqa: F401

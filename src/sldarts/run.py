@@ -69,6 +69,46 @@ def accuracy(model: torch.nn.Module, loader, topk: tuple[int, ...] = (1,)) -> li
     return [float(h / count.clamp_min(1)) for h in hits]
 
 
+def resolve_fn(spec: str, what: str):
+    """``loss=``/``metric=``: a built-in name, or an import path to ``fn(outputs, labels)``; None when empty."""
+    if not spec:
+        return None
+    import torch.nn.functional as F
+
+    named = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss, "l1": F.l1_loss,
+             "bce": F.binary_cross_entropy_with_logits}
+    if spec in named:
+        return named[spec]
+    if spec.startswith("<"):
+        raise SldartsError(f"{what}={spec} was a Python callable passed to sldarts.search; pass it again "
+                           f"({what}=fn) or name it as pkg.mod:fn")
+    from sldarts.registry import load_object
+
+    fn = load_object(spec, what)
+    if not callable(fn):
+        raise SldartsError(f"{what} {spec!r} is a {type(fn).__name__}, not a function (outputs, labels) -> tensor")
+    return fn
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, fn) -> float:
+    """The sample-weighted mean of ``fn(outputs, labels)`` (a batch mean) over a loader's epoch 0, summed
+    over ranks: a validation loss or metric for any task."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    count = torch.zeros((), device=device, dtype=torch.float64)
+    for x, y in loader.epoch(0):
+        out = model(x)
+        out = out[0] if isinstance(out, tuple) else out
+        total += torch.as_tensor(fn(out.float(), y), device=device).double() * len(y)
+        count += len(y)
+    model.train(was)
+    total, count = all_sum(total, count)
+    return float(total / count.clamp_min(1))
+
+
 @dataclass
 class Partial:
     """Sums of an epoch interrupted by a graceful stop, kept in the checkpoint to finish it exactly."""

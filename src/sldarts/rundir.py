@@ -28,7 +28,7 @@ OPERATIONAL = {"resume", "overwrite", "device", "progress", "workers", "threads"
                "logger", "channels_last", "trust",
                "lock_wait"}
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json", "log.txt", "genotype.json",
-             "loggers.json", "analysis.jsonl")
+             "loggers.json", "analysis.jsonl", "split.json", "model.pt2", "cost_table.json")
 RUN_DIRS = ("tensorboard", "wandb", "mlruns")  # the dashboards' own files
 # lr, amp and nan_policy are what the advice after a non-finite stop names: a resume may change them (the
 # change is recorded in history.jsonl); every other key must match
@@ -227,9 +227,23 @@ def record_changes(out: Path, new: dict[str, Any], epoch: int, step: int) -> dic
     return changes
 
 
+def fresh_name(default: Path) -> Path:
+    """Without ``out=``: ``default`` while it holds no run, else the first ``default-N`` (N = 2, 3, ...) that
+    holds none, so the same command run twice gives two runs (as Lightning's version_N)."""
+    out, n = default, 1
+    while (out / "config.yaml").exists():
+        n += 1
+        out = default.with_name(f"{default.name}-{n}")
+    return out
+
+
 def prepare_run_dir(cfg: Any, default: Path, main: bool = True) -> tuple[Path, bool]:
-    """Create or check the run directory, holding its lock. Returns (path, resume requested and allowed)."""
+    """Create or check the run directory, holding its lock. Returns (path, resume requested and allowed).
+    Without ``out=`` and without resume/overwrite, a fresh directory (:func:`fresh_name`); an explicit ``out=``
+    holding a run is refused unless resume or overwrite is asked for."""
     out = Path(cfg.out) if cfg.out else default
+    if not cfg.out and not cfg.resume and not cfg.overwrite:
+        out = fresh_name(default)
     try:
         return _prepare(cfg, out, main)
     except SldartsError:  # refused: the directory is left as it was found

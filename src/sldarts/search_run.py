@@ -20,10 +20,10 @@ from sldarts.decided import margins, note, stability
 from sldarts.errors import SldartsError
 from sldarts.lookup import BENCHMARK_SETS, ENV, open_benchmark
 from sldarts.methods import Method, resolve
-from sldarts.run import EpochRun, accuracy, autocast_for
+from sldarts.run import EpochRun, accuracy, autocast_for, evaluate, resolve_fn
 from sldarts.rundir import claim, read_metrics
 from sldarts.spaces import SearchSpace, Supernet
-from sldarts.spaces.base import Decision
+from sldarts.spaces.base import Decision, eval_network_for
 from sldarts.strategies import make_optimizers, make_strategy
 
 __all__ = ["SearchRun", "auto_lr_search", "derive", "resolve_cell", "search"]
@@ -33,11 +33,14 @@ class SearchRun(EpochRun):
     kind = "search"
 
     def __init__(self, cfg: SearchConfig, *, model: torch.nn.Module | None = None, train_data: Any = None,
-                 valid_data: Any = None) -> None:
+                 valid_data: Any = None, test_data: Any = None, loss: Any = None, metric: Any = None) -> None:
         """``model``: a user network with sldarts.nn choices (else ``cfg.space`` builds the supernet);
-        ``train_data``/``valid_data``: map-style datasets (else ``cfg.dataset`` names the data)."""
+        ``train_data``/``valid_data``/``test_data``: map-style datasets (else ``cfg.dataset`` names the data)."""
         self._user_model, self._train_data, self._valid_data = model, train_data, valid_data
         self.method: Method = resolve(cfg)  # before the run directory: config.yaml records what runs
+        self._test_data = test_data
+        self._loss = loss if callable(loss) else resolve_fn(cfg.loss, "loss")
+        self._metric = metric if callable(metric) else resolve_fn(cfg.metric, "metric")
         super().__init__(cfg)
 
     def default_dir(self) -> Path:
@@ -53,8 +56,14 @@ class SearchRun(EpochRun):
         space = cfg.search_space() if self._user_model is None else None
         if space is not None and space.benchmark and self.dist.main and (named or cfg.dataset in BENCHMARK_SETS):
             self.benchmark = open_benchmark(cfg.benchmark or None, trust=cfg.trust)
+        split_file = self.out / "split.json"
+        recorded = json.loads(split_file.read_text()) if cfg.resume and split_file.exists() else None
         self.data: SearchData = build_search_data(cfg, self.device, self.dist.rank, self.dist.world,
-                                                  self._train_data, self._valid_data)
+                                                  self._train_data, self._valid_data, self._test_data, recorded)
+        if self.dist.main and self.data.split:
+            from sldarts import checkpoint as ckpt
+
+            ckpt.atomic_write_text(split_file, json.dumps(self.data.split, indent=1) + "\n")
         self.train_loader = self.data.train
         info = self.data.info
         if self._user_model is not None:
@@ -64,6 +73,7 @@ class SearchRun(EpochRun):
             self.space: SearchSpace = ModelSpace(lambda num_classes, in_channels: model, cfg.space)
         else:
             self.space = space
+            cfg.input_side = self.data.sample_shape[-1]  # stem=auto fits the stem to the images searched
         self.model: Supernet = self.method.apply(self.space.supernet(cfg, info.num_classes, info.in_channels))
         self.cost = self._cost_term()  # counted on the CPU copy, before the model moves; a loss part of the method
         self.model.to(self.device)
@@ -87,6 +97,8 @@ class SearchRun(EpochRun):
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, cfg.epochs, eta_min=min(cfg.lr_min, cfg.lr))
         self.strategy = make_strategy(cfg, self.model, self.net, self.w_opt, self.a_opt,
                                       autocast_for(cfg.amp, self.device), method=self.method)
+        if self._loss is not None:  # loss=: any task (regression, multi-label); α and w both see it
+            self.strategy.loss_fn = self._loss
         self._arch_batch = None
         self.probe = None
         if cfg.analysis and self.dist.main:
@@ -128,7 +140,19 @@ class SearchRun(EpochRun):
                 + f"), optim={cfg.optim}{'' if cfg.optim == 'single' else f' order={cfg.order}'} "
                 f"activation={cfg.activation} lr={cfg.lr:g}, {cfg.epochs} epochs x {len(self.data.train)} steps "
                 f"on {self.device}" + (f" x {self.dist.world} processes" if self.dist.world > 1 else "")
-                + (f"; {self.data.note}" if self.data.note else ""))
+                + (f"; {self.data.note}" if self.data.note else "") + self._stem_note())
+
+    def _stem_note(self) -> str:
+        """Which stem a built-in space chose for the input size (printed at the start)."""
+        if self._user_model is not None:
+            return ""
+        side = self.data.sample_shape[-1]
+        stem = getattr(self.model, "stem", None)
+        reduce = (sum(isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2) for m in stem.modules())
+                  if stem is not None else 0)
+        if getattr(self.model, "stem1", None) is not None:
+            reduce = 3
+        return f"; {side} px input, stem reduces by {2 ** reduce} (stem={self.cfg.stem})"
 
     def _load(self) -> None:
         super()._load()
@@ -175,7 +199,7 @@ class SearchRun(EpochRun):
 
     def measure(self) -> dict[str, Any]:
         arch = self._derive()
-        row = {"valid_acc": accuracy(self.model, self.data.eval)[0], **self.model.alpha_state(),
+        row = {**self._scores(self.data.eval, "valid"), **self.model.alpha_state(),
                self.space.arch_key: arch, "param_free_ratio": self.model.param_free_ratio(arch)}
         decisions = self._decisions()
         if decisions is not None:
@@ -189,6 +213,14 @@ class SearchRun(EpochRun):
             self.probe.seconds = 0.0
         return row
 
+    def _scores(self, loader, split: str) -> dict[str, float]:
+        """valid_acc (classification) or valid_loss (loss=), and valid_metric (metric=); test_* alike."""
+        out = ({f"{split}_acc": accuracy(self.model, loader)[0]} if self._loss is None
+               else {f"{split}_loss": evaluate(self.model, loader, self._loss)})
+        if self._metric is not None:
+            out[f"{split}_metric"] = evaluate(self.model, loader, self._metric)
+        return out
+
     def summary_line(self, row: dict[str, Any]) -> str:
         key = self.space.arch_key
         extra = ""
@@ -196,12 +228,14 @@ class SearchRun(EpochRun):
             a = row["analysis_seconds"]
             extra = f" (analysis {a:.1f}s of it, +{a / max(row['seconds'] - a, 1e-9):.0%})"
         margin = f" min-margin {row['min_margin']:.2g}" if row.get("min_margin") is not None else ""
+        valid = (f"valid {row['valid_acc']:.2%}" if "valid_acc" in row else f"valid loss {row['valid_loss']:.4g}")
+        valid += f" metric {row['valid_metric']:.4g}" if "valid_metric" in row else ""
         if self.cost is not None:
             from sldarts.budget import fmt
 
             k = self.cfg.cost
             margin += f" cost: expected {fmt(k, row['expected_cost'])} derived {fmt(k, row['derived_cost'])}"
-        return (f"valid {row['valid_acc']:.2%} param-free {row['param_free_ratio']:.2f}{margin} "
+        return (f"{valid} param-free {row['param_free_ratio']:.2f}{margin} "
                 f"{key} {json.dumps(row[key])}{extra}")
 
     def result(self, seconds: float, last: dict[str, Any] | None) -> dict[str, Any]:
@@ -211,10 +245,13 @@ class SearchRun(EpochRun):
         ratio = self.model.param_free_ratio(arch)
         out: dict[str, Any] = {"space": cfg.space, "arch_key": self.space.arch_key, self.space.arch_key: arch,
                                "param_free_ratio": ratio, "derive": cfg.derive, **extra,
-                               "valid_acc": last["valid_acc"] if last else None, "epochs": cfg.epochs,
+                               "valid_acc": last.get("valid_acc") if last else None, "epochs": cfg.epochs,
+                               **{k: last[k] for k in ("valid_loss", "valid_metric") if last and k in last},
                                "seconds": round(seconds, 1), "input": self.data.input_spec()}
         if self.benchmark is not None:
             out["benchmark"] = self.benchmark.query(arch)
+        if self.data.test is not None:  # once, at the end: never a selection number
+            out.update(self._scores(self.data.test, "test"))
         decisions = self._decisions() if selector is None else None  # RSPS decides by scores, not α
         if decisions is not None:
             out.update(margins(decisions))
@@ -246,7 +283,8 @@ class SearchRun(EpochRun):
             if ds is not None:
                 return {"dataset": ds, **complexity(self.space, arch, ds)}
             info = self.data.info
-            net = self.space.eval_network(arch, info.num_classes, info.in_channels, dataset=self.cfg.dataset)
+            net = eval_network_for(self.space, arch, info.num_classes, info.in_channels,
+                                   self.data.sample_shape[-1], dataset=self.cfg.dataset)
             return {"dataset": self.cfg.dataset, **summary(net, self.data.sample_shape)}
         except SldartsError:  # a space without an evaluation network
             return None
@@ -266,6 +304,16 @@ class SearchRun(EpochRun):
 
     def on_finish(self, result: dict[str, Any]) -> None:
         from sldarts.plot import plot_cells
+
+        if self._user_model is not None:  # no factory to rebuild it from: save the fixed network itself
+            from sldarts.export import PROGRAM, save_program
+            from sldarts.nn import fix
+
+            try:
+                save_program(fix(self.model.model, result[self.space.arch_key]).float().cpu(), self.data.sample_shape,
+                             self.out / PROGRAM)
+            except SldartsError as exc:
+                self.progress.message(f"{PROGRAM} not written ({exc}); sldarts.load needs space=pkg.mod:build")
 
         try:
             drawn = plot_cells(self.space, result[self.space.arch_key], self.out / "cell", formats=("png",))
@@ -298,7 +346,8 @@ def closing_lines(cfg: SearchConfig, space: SearchSpace, result: dict[str, Any],
     nxt = [f"sldarts derive {out}"]
     if space.benchmark:
         nxt.append(f"sldarts lookup {out} --benchmark FILE")
-    nxt += [f"sldarts retrain {out} epochs=... data_root=...", "your own model and data: docs/custom.md"]
+    nxt += [f"sldarts retrain {out} (its data and split; epochs=N to shorten)",
+            "your own model and data: docs/custom.md"]
     if cfg.dataset == "digits":
         nxt.insert(1, "sldarts search dataset=cifar10 data_root=DIR")
     lines.append("next: " + " | ".join(nxt))
@@ -306,12 +355,13 @@ def closing_lines(cfg: SearchConfig, space: SearchSpace, result: dict[str, Any],
 
 
 def search(config: SearchConfig | None = None, *, model: torch.nn.Module | None = None, train_data: Any = None,
-           valid_data: Any = None, **overrides: Any) -> dict[str, Any]:
+           valid_data: Any = None, test_data: Any = None, **overrides: Any) -> dict[str, Any]:
     """Python API: ``sldarts.search(space="nb201", epochs=1)`` runs a search and returns its result.
 
     ``model``: any ``nn.Module`` with :mod:`sldarts.nn` choices (searched in place: its weights are the
-    supernet's); ``train_data``/``valid_data``: map-style datasets of ``(tensor, int)``. Every other keyword
-    is a config key."""
+    supernet's); ``train_data``/``valid_data``/``test_data``: map-style datasets of ``(tensor, int)``
+    (without ``valid_data``, ``valid_split`` of ``train_data`` is held out for valid_acc; ``test_data`` is
+    measured once at the end as test_acc). Every other keyword is a config key."""
     # without a config the defaults that depend on others (lr on space) are resolved after the overrides
     base = config.to_dict() if config is not None else {}
     cfg = config or SearchConfig()
@@ -319,9 +369,14 @@ def search(config: SearchConfig | None = None, *, model: torch.nn.Module | None 
         overrides["space"] = f"<model:{type(model).__name__}>"
     if train_data is not None and "dataset" not in overrides:
         overrides["dataset"] = f"<dataset:{type(train_data).__name__}>"
+    fns = {}
+    for key in ("loss", "metric"):  # a Python callable: recorded by name, passed to the run as the object
+        if callable(overrides.get(key)):
+            fns[key] = overrides[key]
+            overrides[key] = f"<{key}:{getattr(fns[key], '__name__', type(fns[key]).__name__)}>"
     if overrides:
         cfg = load_config(None, overrides, base=base)
-    objects = dict(model=model, train_data=train_data, valid_data=valid_data)
+    objects = dict(model=model, train_data=train_data, valid_data=valid_data, test_data=test_data, **fns)
     return auto_lr_search(cfg, **objects) if cfg.auto_lr else SearchRun(cfg, **objects).run()
 
 

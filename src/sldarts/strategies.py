@@ -105,7 +105,9 @@ class Strategy:
 
     def _out(self, loss: Tensor, logits: Tensor, y: Tensor) -> StepOutput:
         self._buffers = None
-        return StepOutput(loss.detach(), (logits.detach().argmax(1) == y).sum(), len(y))
+        if y.dim() == 1 and not y.is_floating_point() and logits.dim() == 2:  # class indices: count hits
+            return StepOutput(loss.detach(), (logits.detach().argmax(1) == y).sum(), len(y))
+        return StepOutput(loss.detach(), torch.zeros((), device=loss.device), len(y))  # loss=: no accuracy
 
     def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
         raise NotImplementedError

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sldarts.data.readers import ArrayData, DatasetInfo
+from sldarts.data.readers import ArrayData, DatasetInfo, center_crop
 from sldarts.errors import SldartsError
 
 
@@ -68,6 +68,27 @@ def augment_batch(x: Tensor, pad: int, flip: bool, gen: torch.Generator, total: 
         mask = _mine(torch.rand(n, generator=gen, device=x.device), share) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
     return x
+
+
+def resized_crop_batch(x: Tensor, flip: bool, gen: torch.Generator, scale=(0.08, 1.0),
+                       ratio=(3 / 4, 4 / 3)) -> Tensor:
+    """Inception-style random-resized crop (+ flip) of every image of a batch, as tensor ops: a box of a
+    random share of the area and aspect ratio (clipped to the image), resampled bilinearly to the full size.
+    The streamed path draws the same kind of box from the decoded file."""
+    b, _, h, w = x.shape
+    dev = x.device
+    area = torch.empty(b, device=dev).uniform_(*scale, generator=gen)
+    logr = torch.empty(b, device=dev).uniform_(float(np.log(ratio[0])), float(np.log(ratio[1])), generator=gen)
+    cw = (area * logr.exp()).sqrt().clamp(max=1.0)  # box width and height, as shares of the image's
+    ch = (area / logr.exp()).sqrt().clamp(max=1.0)
+    cx = (torch.rand(b, device=dev, generator=gen) * (1 - cw) + cw / 2) * 2 - 1  # box centre in [-1, 1]
+    cy = (torch.rand(b, device=dev, generator=gen) * (1 - ch) + ch / 2) * 2 - 1
+    sx = torch.where(torch.rand(b, device=dev, generator=gen) < 0.5, -cw, cw) if flip else cw
+    zero = torch.zeros_like(cw)
+    theta = torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, ch, cy], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, [b, x.shape[1], h, w], align_corners=False)
+    return torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
+                                           align_corners=False)
 
 
 class _Sharded:
@@ -163,7 +184,8 @@ class TensorLoader(_Sharded):
         share = (self.rank, self.world)
         if self.augment:
             g = torch.Generator(device=self.device).manual_seed(_seed(self.seed, self.stream, epoch, k, 1))
-            x = augment_batch(x, self.info.pad, self.info.flip, g, total, share)
+            x = (resized_crop_batch(x, self.info.flip, g) if self.info.resized_crop
+                 else augment_batch(x, self.info.pad, self.info.flip, g, total, share))
         x = (x.float() - self.mean) / self.std
         if self.cutout and g is not None:  # after normalisation, as in DARTS: the square becomes 0
             x = cutout_batch(x, self.cutout, g, total, share)
@@ -180,8 +202,8 @@ class _FolderDataset(torch.utils.data.Dataset):
     """Decode + augment one image; randomness seeded by (seed, stream, epoch, index) for exact resume."""
 
     def __init__(self, files: list, labels: list[int], size: int, train: bool, seed: int, stream: int,
-                 jitter: float = 0.0) -> None:
-        self.files, self.labels, self.size, self.train = files, labels, size, train
+                 jitter: float = 0.0, crop_pct: float = 0.875) -> None:
+        self.files, self.labels, self.size, self.train, self.crop_pct = files, labels, size, train, crop_pct
         self.seed, self.stream, self.jitter = seed, stream, jitter
 
     def __len__(self) -> int:
@@ -193,7 +215,7 @@ class _FolderDataset(torch.utils.data.Dataset):
         epoch, i = key
         rng = np.random.default_rng(_seed(self.seed, self.stream, epoch, i))
         im = _decode_pil(self.files[i])
-        im = random_resized_crop(im, self.size, rng) if self.train else center_crop(im, self.size)
+        im = random_resized_crop(im, self.size, rng) if self.train else center_crop(im, self.size, self.crop_pct)
         if self.train and self.jitter > 0:
             im = color_jitter(im, self.jitter, rng)
         arr = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
@@ -236,27 +258,14 @@ def color_jitter(im, strength: float, rng: np.random.Generator):
     return im
 
 
-def center_crop(im, size: int):
-    """Resize the short side to size/0.875, then take the central size x size square."""
-    from PIL import Image
-
-    w, h = im.size
-    short = int(round(size / 0.875))
-    s = short / min(w, h)
-    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
-    w, h = im.size
-    x0, y0 = (w - size) // 2, (h - size) // 2
-    return im.crop((x0, y0, x0 + size, y0 + size))
-
-
 class StreamLoader:
     """ImageNet-sized folders: worker processes decode JPEGs; same (epoch, start) interface."""
 
     def __init__(self, files: list, labels: list[int], info: DatasetInfo, batch_size: int,
                  device: torch.device | str, *, train: bool, seed: int, stream: int, size: int = 224,
                  workers: int = 4, rank: int = 0, world: int = 1, channels_last: bool = False,
-                 jitter: float = 0.0) -> None:
-        self.ds = _FolderDataset(files, labels, size, train, seed, stream, jitter)
+                 jitter: float = 0.0, crop_pct: float = 0.875) -> None:
+        self.ds = _FolderDataset(files, labels, size, train, seed, stream, jitter, crop_pct)
         self.info, self.batch_size, self.device = info, batch_size, torch.device(device)
         self.train, self.seed, self.stream = train, seed, stream
         self.workers, self.rank, self.world = workers, rank, world
@@ -340,30 +349,37 @@ class _SeededItems(torch.utils.data.Dataset):
         return _as_pair(item, i)
 
 
-def _as_pair(item, i: int, where: str = "dataset") -> tuple[Tensor, Tensor]:
-    """(float input tensor, int64 label) from ``(tensor, int)`` or a pair of tensors; one line otherwise."""
+def _as_pair(item, i: int, where: str = "dataset", classification: bool = False) -> tuple[Tensor, Tensor]:
+    """(float input tensor, label) from ``(tensor, int)`` or a pair of tensors; one line otherwise. A one-value
+    integer label becomes an int64 scalar (a class); any other label tensor (regression, multi-label, masks)
+    is kept as it is, unless ``classification`` asks for a class index."""
     ok = isinstance(item, (tuple, list)) and len(item) == 2
     x, y = item if ok else (None, None)
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
+    if isinstance(y, np.ndarray):
+        y = torch.from_numpy(y)
     if isinstance(y, (int, np.integer)) and not isinstance(y, bool):
         y = torch.tensor(int(y))
-    if not (ok and isinstance(x, Tensor) and isinstance(y, Tensor) and y.numel() == 1
-            and not y.is_floating_point() and not y.is_complex()):
-        got = (f"({type(item[0]).__name__}, {type(item[1]).__name__})" if isinstance(item, (tuple, list))
+    elif isinstance(y, (float, np.floating)):
+        y = torch.tensor(float(y))
+    is_class = isinstance(y, Tensor) and y.numel() == 1 and not y.is_floating_point() and not y.is_complex()
+    if not (ok and isinstance(x, Tensor) and isinstance(y, Tensor)) or (classification and not is_class):
+        shape = f" of shape {tuple(y.shape)}" if isinstance(y, Tensor) else ""
+        got = (f"({type(item[0]).__name__}, {type(item[1]).__name__}{shape})" if isinstance(item, (tuple, list))
                else type(item).__name__)
         raise SldartsError(f"{where}[{i}] returned {got}; a data set must return (tensor, int) or "
-                           "(tensor, integer tensor)")
-    return (x if x.is_floating_point() else x.float()), y.reshape(()).long()
+                           "(tensor, integer tensor) (other labels need loss=, e.g. loss=mse)")
+    return (x if x.is_floating_point() else x.float()), (y.reshape(()).long() if is_class else y)
 
 
-def check_dataset(ds, where: str) -> None:
+def check_dataset(ds, where: str, classification: bool = True) -> None:
     """A map-style dataset with at least one item of the right types, or one clear line."""
     if not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
         raise SldartsError(f"{where} is a {type(ds).__name__}, not a map-style dataset (__getitem__ and __len__)")
     if len(ds) < 2:
         raise SldartsError(f"{where} has {len(ds)} items; a search needs at least 2")
-    _as_pair(ds[0], 0, where)
+    _as_pair(ds[0], 0, where, classification)
 
 
 def dataset_info(ds, name: str) -> DatasetInfo:
@@ -377,7 +393,7 @@ def dataset_info(ds, name: str) -> DatasetInfo:
         targets = getattr(base, "targets", None)
         labels = (torch.as_tensor(targets) if targets is not None
                   else torch.stack([_as_pair(ds[i], i)[1] for i in range(len(ds))]))
-        n = int(labels.max()) + 1
+        n = int(labels.max()) + 1 if labels.dim() == 1 and not labels.is_floating_point() else 0  # 0: no classes
     return DatasetInfo(name, int(n), int(x.shape[0]) if x.dim() >= 2 else 1, classes=names)
 
 

@@ -33,6 +33,7 @@ class DatasetInfo:
     pad: int = 0  # random-crop padding during search
     flip: bool = False
     classes: tuple[str, ...] = ()  # class names, where the data set has them (image folders)
+    resized_crop: bool = False  # training crops: random-resized (image folders) instead of padded random crops
 
 
 @dataclass
@@ -200,13 +201,109 @@ def _decode_pil(path: Path):
         raise SldartsError(f"image {path} cannot be decoded ({type(exc).__name__}); remove or replace it") from None
 
 
-def _decode(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+def center_crop(im, size: int, crop_pct: float = 1.0):
+    """Resize the shorter side to ``size / crop_pct`` (bilinear), then take the central size x size square:
+    the one evaluation rule of every path (in memory, streamed, retrain, predict)."""
     from PIL import Image
 
-    im = _decode_pil(path)
-    if size is not None and im.size != size:
-        im = im.resize(size, Image.BILINEAR)
-    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    w, h = im.size
+    short = int(round(size / crop_pct))
+    s = short / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BILINEAR)
+    x0, y0 = (nw - size) // 2, (nh - size) // 2
+    return im.crop((x0, y0, x0 + size, y0 + size)) if (nw, nh) != (size, size) else im
+
+
+def _decode(path: Path, side: int, crop_pct: float = 1.0) -> np.ndarray:
+    return np.asarray(center_crop(_decode_pil(path), side, crop_pct), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def short_side(path: Path) -> int:
+    """The shorter side of an image (the default ``image_size`` of a folder: its first image's)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return min(im.size)
+    except Exception as exc:
+        raise SldartsError(f"image {path} cannot be decoded ({type(exc).__name__}); remove or replace it") from None
+
+
+@dataclass
+class FolderSplits:
+    """An image folder's splits: ``train/`` (+ ``val/``, + ``test/``), or one folder of class folders."""
+
+    classes: list[str]
+    train: tuple[list[Path], list[int]]
+    valid: tuple[list[Path], list[int]] | None
+    test: tuple[list[Path], list[int]] | None
+    where: dict[str, str]  # split -> the folder it comes from
+
+
+def folder_splits(root: Path) -> FolderSplits:
+    """``root/train`` with optional ``root/val`` and ``root/test``; without ``train/``, ``root`` itself holds
+    the class folders (a validation split is then held out of it)."""
+    root = Path(root)
+    if not (root / "train").is_dir():
+        files, labels, classes = list_image_folder(root)
+        return FolderSplits(classes, (files, labels), None, None, {"train": str(root)})
+    files, labels, classes = list_image_folder(root / "train")
+    parts: dict[str, tuple[list[Path], list[int]] | None] = {}
+    where = {"train": str(root / "train")}
+    for name, sub in (("valid", "val"), ("test", "test")):
+        parts[name] = None
+        if (root / sub).is_dir():
+            f, y, c = list_image_folder(root / sub)
+            if c != classes:
+                raise SldartsError(f"image folders {root}/train and {root / sub} have different class folders")
+            parts[name], where[name] = (f, y), str(root / sub)
+    return FolderSplits(classes, (files, labels), parts["valid"], parts["test"], where)
+
+
+def holdout(labels, frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) indices: ``frac`` of each class held out (at least one of a class of 2 or more; the
+    same images for every seed, so runs with different seeds are compared on one validation set). Labels
+    that are not class indices (regression) are held out unstratified."""
+    labels = np.asarray(labels)
+    rng = np.random.RandomState(0)
+    groups = ([np.flatnonzero(labels == c) for c in np.unique(labels)]
+              if labels.ndim == 1 and labels.dtype.kind in "iu" else [np.arange(len(labels))])
+    keep, held = [], []
+    for idx in groups:
+        idx = idx[rng.permutation(len(idx))]
+        k = min(max(int(round(frac * len(idx))), 1), len(idx) - 1) if frac > 0 and len(idx) >= 2 else 0
+        held.append(idx[:k])
+        keep.append(idx[k:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def decode_files(files: list[Path], side: int, crop_pct: float = 1.0) -> np.ndarray:
+    """Images decoded once into a uint8 (N, 3, side, side) array (shorter side resized, centre crop) and
+    cached as .npz keyed by the file list, so later runs start in seconds."""
+    key = hashlib.sha1(f"side={side} crop={crop_pct}".encode())
+    for f in files:
+        st = f.stat()
+        key.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+    cache = _cache_dir() / f"imagefolder-{key.hexdigest()[:16]}.npz"
+    if cache.exists():
+        try:
+            return np.load(cache)["x"]
+        except Exception:
+            pass  # a broken cache is rebuilt
+    if not files:
+        return np.zeros((0, 3, side, side), np.uint8)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        x = np.stack(list(pool.map(lambda f: _decode(f, side, crop_pct), files)))
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, x=x)
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # caching is an optimisation only
+    return x
 
 
 def _cache_dir() -> Path:
@@ -214,39 +311,10 @@ def _cache_dir() -> Path:
 
 
 def read_image_folder(root: Path, side: int = 0) -> tuple[ArrayData, ArrayData, list[str]]:
-    """``train/<class>/*`` and ``test/<class>/*`` decoded once into memory (all resized to side x side, or
-    to the first image's size) and cached as .npz keyed by the file list, so later runs start in seconds."""
-    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
-    tr_files, tr_y, classes = list_image_folder(root / "train")
-    te_files, te_y, te_classes = list_image_folder(test_dir)
-    if te_classes != classes:
-        raise SldartsError(f"image folders {root}/train and {test_dir} have different class folders")
-    key = hashlib.sha1(f"side={side}".encode())
-    for f in tr_files + te_files:
-        st = f.stat()
-        key.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
-    cache = _cache_dir() / f"imagefolder-{key.hexdigest()[:16]}.npz"
-    if cache.exists():
-        try:
-            z = np.load(cache)
-            return ArrayData(z["xtr"], z["ytr"]), ArrayData(z["xte"], z["yte"]), classes
-        except Exception:
-            pass  # a broken cache is rebuilt
-    if side:
-        size = (side, side)
-    else:
-        first = _decode(tr_files[0], None)
-        size = (first.shape[2], first.shape[1])
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        xtr = np.stack(list(pool.map(lambda f: _decode(f, size), tr_files)))
-        xte = np.stack(list(pool.map(lambda f: _decode(f, size), te_files)))
-    train = ArrayData(xtr, np.asarray(tr_y, dtype=np.int64))
-    test = ArrayData(xte, np.asarray(te_y, dtype=np.int64))
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, xtr=train.x, ytr=train.y, xte=test.x, yte=test.y)
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # caching is an optimisation only
-    return train, test, classes
+    """All of ``train/`` and the ``test/`` (else ``val/``) split in memory, at ``side`` (0: the first image's
+    shorter side); an empty second part where the folder has neither."""
+    sp = folder_splits(root)
+    side = side or short_side(sp.train[0][0])
+    other = sp.test or sp.valid or ([], [])
+    return (ArrayData(decode_files(sp.train[0], side), np.asarray(sp.train[1], dtype=np.int64)),
+            ArrayData(decode_files(other[0], side), np.asarray(other[1], dtype=np.int64)), sp.classes)

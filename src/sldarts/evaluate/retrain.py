@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from sldarts.config import RetrainConfig
 from sldarts.data import build_train_data
 from sldarts.evaluate.complexity import count_macs, count_params
 from sldarts.run import EpochRun, StepOutput, accuracy, all_finite, autocast_for, skipped_step
+from sldarts.spaces.base import eval_network_for
 
 
 def lr_lambda(epochs: int, warmup: int, schedule: str):
@@ -37,12 +39,14 @@ class RetrainRun(EpochRun):
     def build(self) -> None:
         cfg = self.cfg
         self.space, self.arch = resolve_cell(cfg.source_run, cfg.genotype, cfg.arch)
-        self.data = build_train_data(cfg, self.device, self.dist.rank, self.dist.world)
+        split = Path(cfg.source_run) / "split.json" if cfg.source_run else None
+        recorded = json.loads(split.read_text()) if split is not None and split.exists() else None
+        self.data = build_train_data(cfg, self.device, self.dist.rank, self.dist.world, recorded)
         self.train_loader = self.data.train
         info = self.data.info
-        self.model = self.space.eval_network(self.arch, info.num_classes, info.in_channels, dataset=cfg.dataset,
-                                             channels=cfg.channels, cells=cfg.cells,
-                                             auxiliary=cfg.auxiliary_weight > 0)
+        self.model = eval_network_for(self.space, self.arch, info.num_classes, info.in_channels,
+                                      self.data.sample_shape[-1], dataset=cfg.dataset, channels=cfg.channels,
+                                      cells=cfg.cells, auxiliary=cfg.auxiliary_weight > 0)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -63,10 +67,37 @@ class RetrainRun(EpochRun):
 
     def describe(self) -> str:
         cfg = self.cfg
-        return (f"retrain {self.space.name} cell with recipe {cfg.recipe} on {cfg.dataset} "
+        took = ""
+        if cfg.source_run:
+            from sldarts.config import searched_data
+
+            same = {k: v for k, v in searched_data(cfg.source_run).items() if getattr(cfg, k) == v}
+            took = (f"; from {cfg.source_run}: " + " ".join(f"{k}={v}" for k, v in same.items())
+                    + (" and its split.json" if (Path(cfg.source_run) / "split.json").exists() else ""))
+        return (f"retrain {self.space.name} cell with recipe {cfg.recipe} (lr={cfg.lr:g} batch_size={cfg.batch_size} "
+                f"weight_decay={cfg.weight_decay:g}) on {cfg.dataset} "
                 f"({self.data.train.num_samples} images), {cfg.epochs} epochs x {len(self.data.train)} steps, "
                 f"{count_params(self.model) / 1e6:.3f}M params, on {self.device}"
-                + (f" x {self.dist.world} processes" if self.dist.world > 1 else ""))
+                + (f" x {self.dist.world} processes" if self.dist.world > 1 else "") + took
+                + (f"; {self.data.note}" if self.data.note else "")
+                + f"; about {self._epoch_seconds():.3g} s per epoch (one step timed)")
+
+    def _epoch_seconds(self) -> float:
+        """One timed training step on a copy of the network (the run's weights and random state untouched),
+        times the steps per epoch: a first estimate, printed before the first epoch."""
+        import copy
+        import time
+
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            net = copy.deepcopy(self.model).train()
+            x, y = next(iter(self.data.train.epoch(0)))
+            t0 = time.time()
+            out = net(x)
+            logits = out[0] if isinstance(out, tuple) else out
+            self.loss_fn(logits.float(), y).backward()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            return (time.time() - t0) * len(self.data.train)
 
     def begin_epoch(self, global_step: int) -> None:
         if hasattr(self.model, "drop_path_prob"):  # linear ramp, as in DARTS
@@ -111,6 +142,8 @@ class RetrainRun(EpochRun):
         }
         if last and "valid_top5" in last:
             out["top5"] = last["valid_top5"]
+        if self.data.test is not None:  # once, at the end
+            out["test_acc"] = accuracy(self.model, self.data.test)[0]
         try:
             out["macs"] = count_macs(self.model, self.data.sample_shape)
         except RuntimeError:

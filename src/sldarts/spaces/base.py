@@ -264,9 +264,10 @@ class SearchSpace(ABC):
         return cells or self.default_cells
 
     def eval_network(self, arch: Any, num_classes: int, in_channels: int, *, dataset: str = "cifar10",
-                     channels: int | None = None, cells: int | None = None, auxiliary: bool = True) -> nn.Module:
+                     channels: int | None = None, cells: int | None = None, auxiliary: bool = True,
+                     side: int = 0) -> nn.Module:
         """The network retrained and counted for a derived architecture (``forward`` -> logits, or
-        ``(logits, aux)``)."""
+        ``(logits, aux)``); ``side``: the input's side where known, for the stem."""
         raise unsupported(self.name, "evaluation network", "eval_network")
 
     def complexity_dataset(self, dataset: str) -> str | None:
@@ -293,3 +294,20 @@ class SearchSpace(ABC):
 
     def __repr__(self) -> str:
         return f"<search space {self.name}>"
+
+
+def stem_side(cfg: Any) -> int:
+    """The input side a built-in space fits its stem to: the searched images' (set by the run once its data
+    is read), else ``image_size`` (0: unknown)."""
+    return int(getattr(cfg, "input_side", 0) or getattr(cfg, "image_size", 0) or 0)
+
+
+def eval_network_for(space: SearchSpace, arch: Any, num_classes: int, in_channels: int, side: int = 0,
+                     **kw: Any) -> nn.Module:
+    """``space.eval_network`` with the input's side for the built-in spaces' stems (a space of one's own
+    written without ``side`` is called without it)."""
+    import inspect
+
+    if side and "side" in inspect.signature(space.eval_network).parameters:
+        kw["side"] = side
+    return space.eval_network(arch, num_classes, in_channels, **kw)

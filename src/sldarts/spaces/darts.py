@@ -23,6 +23,7 @@ from sldarts.spaces.base import (
     SearchSpace,
     Supernet,
     param_free_share,
+    stem_side,
     top_two,
 )
 from sldarts.spaces.kernels import lean_batch_norm, separable_conv
@@ -438,10 +439,11 @@ def darts_graph(genotype: Genotype, cell: str) -> CellGraph:
 
 
 def uses_imagenet_stem(cfg: SearchConfig) -> bool:
-    """stem=auto: the ImageNet stem (÷8) for ImageNet and for images larger than 64 pixels."""
+    """stem=auto: the ImageNet stem (÷8) for ImageNet and for inputs larger than 64 pixels (the side of
+    the searched images, else ``image_size``); an explicit ``stem=`` wins."""
     if cfg.stem != "auto":
         return cfg.stem == "imagenet"
-    return cfg.dataset == "imagenet" or cfg.image_size > 64
+    return cfg.dataset == "imagenet" or stem_side(cfg) > 64
 
 
 class DartsSpace(SearchSpace):
@@ -470,10 +472,11 @@ class DartsSpace(SearchSpace):
         return param_free_share([op for cell in ("normal", "reduce") for op, _ in genotype[cell]])
 
     def eval_network(self, arch: Any, num_classes: int, in_channels: int, *, dataset: str = "cifar10",
-                     channels: int | None = None, cells: int | None = None, auxiliary: bool = True) -> nn.Module:
+                     channels: int | None = None, cells: int | None = None, auxiliary: bool = True,
+                     side: int = 0) -> nn.Module:
         imagenet = dataset == "imagenet"
         return DartsNetwork(self.parse(arch), channels or (48 if imagenet else 36), cells or (14 if imagenet else 20),
-                            num_classes, auxiliary=auxiliary, imagenet=imagenet, in_channels=in_channels)
+                            num_classes, auxiliary=auxiliary, imagenet=imagenet or side > 64, in_channels=in_channels)
 
     def complexity_dataset(self, dataset: str) -> str:
         """DARTS's published settings: C=36/20 cells on CIFAR-size data sets, C=48/14 cells on ImageNet."""

@@ -222,7 +222,8 @@ class ModelSpace(SearchSpace):
         return self._probe().param_free_ratio(self.parse(arch))
 
     def eval_network(self, arch: Any, num_classes: int, in_channels: int, *, dataset: str = "cifar10",
-                     channels: int | None = None, cells: int | None = None, auxiliary: bool = True) -> nn.Module:
+                     channels: int | None = None, cells: int | None = None, auxiliary: bool = True,
+                     side: int = 0) -> nn.Module:
         return fix(self.model(num_classes, in_channels), self.parse(arch))
 
     def graphs(self, arch: dict[str, Any]) -> list[CellGraph]:

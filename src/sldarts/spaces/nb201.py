@@ -7,6 +7,7 @@ joined by stride-2 ResNet basic blocks; BN + ReLU, global average pool, linear. 
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from sldarts.spaces.base import (
     SearchSpace,
     Supernet,
     param_free_share,
+    stem_side,
     top_two,
 )
 from sldarts.spaces.kernels import lean_batch_norm
@@ -203,6 +205,20 @@ class _Macro(nn.Module):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+def fit_stem(net: _Macro, in_channels: int, side: int) -> _Macro:
+    """Large inputs: stride-2 3x3 conv + BN + ReLU before the benchmark's stem until the cells see at most
+    32 px (the CIFAR resolution the benchmark's cells were designed for); the stem alone otherwise."""
+    k = max(math.ceil(math.log2(side / 32)), 0) if side else 0
+    if k:
+        c = net.stem[0].out_channels
+        layers: list[nn.Module] = []
+        for i in range(k):
+            layers += [nn.Conv2d(in_channels if i == 0 else c, c, 3, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+        net.stem = nn.Sequential(*layers, nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+    return net
+
+
 class NB201Supernet(Supernet, _Macro):
     """The weight-sharing network; one α of shape (6, 5) shared by all cells."""
 
@@ -308,8 +324,9 @@ class NB201Space(SearchSpace):
     impls = ("reference", "fused")
 
     def supernet(self, cfg: SearchConfig, num_classes: int, in_channels: int) -> NB201Supernet:
-        return NB201Supernet(cfg.channels, self.num_cells(cfg.cells), num_classes, in_channels,
-                             alpha_init=cfg.alpha_init, track_running_stats=cfg.bn_track_stats, impl=cfg.impl)
+        net = NB201Supernet(cfg.channels, self.num_cells(cfg.cells), num_classes, in_channels,
+                            alpha_init=cfg.alpha_init, track_running_stats=cfg.bn_track_stats, impl=cfg.impl)
+        return fit_stem(net, in_channels, stem_side(cfg))
 
     def parse(self, value: Any, source: str = "architecture") -> str:
         return format_arch(parse_arch(value))
@@ -318,10 +335,12 @@ class NB201Space(SearchSpace):
         return param_free_share(parse_arch(arch))
 
     def eval_network(self, arch: Any, num_classes: int, in_channels: int, *, dataset: str = "cifar10",
-                     channels: int | None = None, cells: int | None = None, auxiliary: bool = True) -> nn.Module:
-        if dataset == "imagenet":
+                     channels: int | None = None, cells: int | None = None, auxiliary: bool = True,
+                     side: int = 0) -> nn.Module:
+        if dataset == "imagenet" and not side:
             raise SldartsError("NAS-Bench-201 networks are defined for cifar10, cifar100 and imagenet16-120")
-        return NB201Network(self.parse(arch), channels or 16, cells or 5, num_classes, in_channels)
+        return fit_stem(NB201Network(self.parse(arch), channels or 16, cells or 5, num_classes, in_channels),
+                        in_channels, side)
 
     def complexity_dataset(self, dataset: str) -> str:
         """The benchmark's three data sets; ImageNet searches count the ImageNet16-120 network."""
