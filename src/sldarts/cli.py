@@ -41,7 +41,8 @@ def _search(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, parse_overrides(args.overrides))
     result = search(cfg)
-    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
+    if args.json or not sys.stdout.isatty():  # a terminal reads the closing lines; pipes and scripts get JSON
+        print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
     return 0
 
 
@@ -191,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="search a cell (YAML config plus key=value overrides)",
                        epilog=_keys_epilog("search"), formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--config", help="YAML file of settings (see configs/)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON also on a terminal (always when "
+                   "standard output is a pipe or file)")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. space=darts optim=bilevel order=2")
     s.set_defaults(func=_search)
     d = sub.add_parser("derive", help="print the derived architecture of a run directory")
