@@ -75,3 +75,28 @@ def test_the_end_of_a_search_is_short_and_its_next_commands_run_as_printed(tmp_p
 
 
 USER = str(__import__("pathlib").Path(__file__).with_name("userspace.py"))
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_licence_citation_and_install_advice():
+    import re
+    import tomllib
+
+    import cffconvert
+    import yaml
+
+    import sldarts
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "MIT"} and (ROOT / "LICENSE").read_text().startswith("MIT License")
+    cff = (ROOT / "CITATION.cff").read_text()
+    cffconvert.Citation(cff).validate()  # raises on a file the CFF 1.2.0 schema rejects
+    meta = yaml.safe_load(cff)
+    assert meta["version"] == sldarts.__version__ and meta["license"] == "MIT"
+    assert meta["preferred-citation"]["authors"][0]["family-names"] == "Hou"
+    # no error message advises installing a name no index publishes: extras only from a clone (-e ".[x]")
+    advice = [f"{p.relative_to(ROOT)}: {m}" for p in (ROOT / "src").rglob("*.py")
+              for m in re.findall(r".{0,30}sldarts\[.{0,20}", p.read_text())]
+    assert not advice, advice

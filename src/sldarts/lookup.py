@@ -152,7 +152,7 @@ def open_benchmark(path: str | Path | None) -> Benchmark:
             from nats_bench import create
         except ImportError:
             raise SldartsError("reading NATS-Bench files needs the nats_bench package: "
-                               "pip install 'sldarts[nats]'") from None
+                               "pip install -e '.[nats]' in the sldarts clone") from None
         try:
             api = create(str(p), "tss", fast_mode=p.is_dir(), verbose=False)
         except Exception as exc:
