@@ -34,39 +34,81 @@ def _closing(err: str) -> list[str]:
     return lines[last_epoch + 1:]
 
 
-def test_the_end_of_a_search_is_short_and_its_next_commands_run_as_printed(tmp_path, monkeypatch, capsys):
-    """The first thing a newcomer reads: result first, at most eight lines, every suggested command works."""
+def _quickstart(readme: str, heading: str) -> list[str]:
+    """The commands of the bash block under a README heading, continuation lines joined, comments dropped."""
+    import re
+
+    block = re.search(re.escape(heading) + r".*?```bash\n(.*?)```", readme, re.S).group(1)
+    return [c.split("  #")[0].strip() for c in block.replace("\\\n", " ").splitlines()
+            if c.strip() and not c.startswith("#")]
+
+
+SMOKE = ["epochs=1", "train_samples=24", "eval_samples=24", "channels=4", "cells=1", "batch_size=24",
+         "progress=lines", "log_every=100"]
+
+
+def test_readme_quickstarts_run_and_a_search_ends_short_with_next_commands_that_run(tmp_path, monkeypatch, capsys):
+    """The README's bash quick-starts run (at smoke size, on tiny data in the real formats); the end of each search
+    leads with the result, has at most eight lines after the last epoch line, and every command it suggests runs
+    as printed. Lines that need a download are skipped (the download has its own loopback tests)."""
     import itertools
     import json
     import shlex
 
+    from datafiles import write_cifar10, write_image_folder
+
     from sldarts.spaces.nb201 import OPS, format_arch
 
+    readme = (ROOT / "README.md").read_text()
     monkeypatch.chdir(tmp_path)
     bench = tmp_path / "nb201.csv"  # every cell of the space, as a search may derive any
     bench.write_text("index,arch,cifar10_test,cifar100_test\n" + "".join(
         f"{i},{format_arch(list(ops))},{i % 97},{i % 89}\n" for i, ops in enumerate(itertools.product(OPS, repeat=6))))
-    common = ["epochs=1", "train_samples=64", "eval_samples=32", "channels=4", "cells=1", "batch_size=32",
-              "progress=lines", "log_every=100"]
+    monkeypatch.setenv("SLDARTS_NB201", str(bench))
+    (tmp_path / "configs").symlink_to(ROOT / "configs")  # the README's commands run in the clone
+    write_cifar10(tmp_path / "data", n_per_batch=12)
+    folder_split = "valid_split" in {f.name for f in dataclasses.fields(SearchConfig)}
+    write_image_folder(tmp_path / "photos_split", classes=("cat", "dog"), per_class=4, size=16)
+    if folder_split:  # one folder of class sub-folders
+        (tmp_path / "photos_split" / "train").rename(tmp_path / "photos")
+    else:  # before valid_split: train/ and test/ sub-folders
+        (tmp_path / "photos_split").rename(tmp_path / "photos")
+    (tmp_path / "photos" / ("cat" if folder_split else "train/cat") / "0.png").rename(
+        tmp_path / "photos" / ("cat" if folder_split else "train/cat") / "001.jpg")
+
     monkeypatch.setattr("sys.stdout.isatty", lambda: True, raising=False)  # a terminal: no JSON unless --json
-    assert main(["search", *common, "out=runs/a", f"benchmark={bench}"]) == 0
+    suggested: list[str] = []
+    commands = _quickstart(readme, "### Reproduce a table") + _quickstart(readme, "### Search your own image folder")
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "sldarts", command
+        if argv[1:3] == ["data", "download"]:
+            continue
+        if argv[1] in ("retrain", "predict") and not folder_split:
+            continue  # retraining on the searched images comes with valid_split
+        if argv[1] in ("search", "retrain"):
+            argv += SMOKE if argv[1] == "search" else ["epochs=1", "train_samples=16", "eval_samples=8", "channels=4",
+                                                          "cells=2", "batch_size=8", "progress=none"]
+        argv = [a.replace("photos/cat/001.jpg", "photos/cat/001.jpg" if folder_split else "photos/train/cat/001.jpg")
+                for a in argv]
+        assert main(argv[1:]) == 0, command
+        out, err = capsys.readouterr()
+        if argv[1] == "search":
+            assert out == ""
+            tail = _closing(err)
+            assert 2 <= len(tail) <= 8 and tail[0].startswith("result: "), tail
+            suggested += [x for x in tail if x.startswith("next: ")][0][len("next: "):].split(" | ")
+            if "nb201" in command:
+                assert "NAS-Bench-201 test accuracy" in tail[1]
+    # a user model: --json prints the result on a terminal too, and the suggestion includes an export
+    assert main(["search", *SMOKE, "out=runs/u", f"space={USER}:build", "--json"]) == 0
     out, err = capsys.readouterr()
-    assert out == ""
-    tail = _closing(err)
-    assert 3 <= len(tail) <= 8 and tail[0].startswith("result: |")
-    assert any("NAS-Bench-201 test accuracy" in x for x in tail[:3])
-    nxt = [x for x in tail if x.startswith("next: ")][0][len("next: "):].split(" | ")
-    assert any(c.startswith("sldarts lookup runs/a") for c in nxt)
-    # a user model: the suggestion includes an export that runs as printed
-    assert main(["search", *common, "out=runs/u", f"space={USER}:build", "--json"]) == 0
-    out, err = capsys.readouterr()
-    assert json.loads(out)["arch_key"] == "choices"  # --json prints it on a terminal too
-    tail_u = _closing(err)
-    assert len(tail_u) <= 8
-    nxt += [x for x in tail_u if x.startswith("next: ")][0][len("next: "):].split(" | ")
-    assert any(c.startswith("sldarts export runs/u") for c in nxt)
-    done = set()  # each kind of command once (the user run's `analyze` is the built-in run's)
-    for command in nxt:
+    assert json.loads(out)["arch_key"] == "choices" and len(_closing(err)) <= 8
+    suggested += [x for x in _closing(err) if x.startswith("next: ")][0][len("next: "):].split(" | ")
+    assert any(c.startswith("sldarts lookup runs/t3") for c in suggested)
+    assert any(c.startswith("sldarts export runs/u") for c in suggested)
+    done = set()  # each kind of command once (`analyze` of one run is `analyze` of another)
+    for command in suggested:
         argv = shlex.split(command)
         if argv[1] not in done:
             assert argv[0] == "sldarts" and main(argv[1:]) == 0, command
