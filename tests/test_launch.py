@@ -78,7 +78,7 @@ def test_a_finished_sweep_is_skipped_and_missing_submitit_is_one_line(tmp_path, 
     assert "2 done, 0 to run" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "submitit", None)
     assert main(["sweep", "epochs=1", "seed=2,3", "--launcher", "slurm", "--out", str(tmp_path / "t")]) == 2
-    assert 'pip install "sldarts[slurm]"' in capsys.readouterr().err
+    assert 'pip install -e ".[slurm]"' in capsys.readouterr().err
 
 
 def test_slurm_job_of_k_gpus_starts_k_tasks_with_the_passed_through_options(tmp_path, monkeypatch):

@@ -122,6 +122,6 @@ def test_a_missing_extra_or_unknown_logger_is_one_line(tmp_path, capsys, monkeyp
     assert main(["search", "epochs=1", "train_samples=64", "channels=4", "cells=1", "progress=none",
                  "logger=wandb", f"out={tmp_path / 'a'}"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and 'pip install "sldarts[wandb]"' in err
+    assert err.count("\n") == 1 and 'pip install -e ".[wandb]"' in err
     assert main(["search", "logger=tensorbord", f"out={tmp_path / 'b'}"]) == 2
     assert "did you mean 'tensorboard'" in capsys.readouterr().err

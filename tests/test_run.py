@@ -164,6 +164,6 @@ def test_collapse_warning_and_plain_progress_lines(tiny, monkeypatch, capsys):
     res = search(SearchConfig(**dict(tiny, cells=1, progress="lines", log_every=2)))
     assert "exceeds 0.3" in res["warning"] and "lower weight learning rate" in res["warning"]
     err = capsys.readouterr().err
-    assert "epoch 1/1 step 2/" in err and "warning: parameter-free ratio 0.50" in err
+    assert "epoch 1/1 step 2/" in err and "warning: the search may have collapsed (parameter-free share 0.50" in err
     log = open(f"{tiny['out']}/log.txt").read()
     assert "epoch 1/1 loss" in log and "\r" not in log

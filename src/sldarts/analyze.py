@@ -39,7 +39,8 @@ def _plt():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SldartsError("figures need matplotlib: pip install 'sldarts[plot]'") from None
+        raise SldartsError("figures need matplotlib: pip install matplotlib (or pip install -e '.[plot]' in the "
+                           "sldarts clone)") from None
     return plt
 
 

@@ -18,6 +18,22 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, like every other error
         raise SldartsError(f"{self.prog}: {message} (see {self.prog} --help)")
 
+    def format_help(self) -> str:  # an epilog given as a function (every config key) is built only when asked
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def _keys_epilog(kind: str):
+    def build() -> str:
+        from sldarts import reference
+
+        if kind == "search":
+            return reference.help_epilog(reference.search_keys())
+        return reference.help_epilog(reference.retrain_keys(), "the recipe (--recipe) sets the defaults of "
+                                     "the training keys; those shown are darts-cifar's")
+    return build
+
 
 def _search(args: argparse.Namespace) -> int:
     from sldarts.config import load_config, parse_overrides
@@ -25,7 +41,8 @@ def _search(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, parse_overrides(args.overrides))
     result = search(cfg)
-    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
+    if args.json or not sys.stdout.isatty():  # a terminal reads the closing lines; pipes and scripts get JSON
+        print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
     return 0
 
 
@@ -224,8 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sldarts", description="Single-level differentiable architecture search (and DARTS).")
     p.add_argument("--version", action="version", version=f"sldarts {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    s = sub.add_parser("search", help="search a cell (YAML config plus key=value overrides)")
+    s = sub.add_parser("search", help="search a cell (YAML config plus key=value overrides)",
+                       epilog=_keys_epilog("search"), formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--config", help="YAML file of settings, or a shipped config's name (sldarts configs)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON also on a terminal (always when "
+                   "standard output is a pipe or file)")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. space=darts optim=bilevel order=2")
     s.set_defaults(func=_search)
     d = sub.add_parser("derive", help="print the derived architecture of a run directory")
@@ -233,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--derive", choices=["argmax", "argmax-no-none"],
                    help="derive again from the last recorded weights by this rule (margins on stderr)")
     d.set_defaults(func=_derive)
-    r = sub.add_parser("retrain", help="retrain a derived cell with a recipe (darts-cifar, pdarts-imagenet, nb201)")
+    r = sub.add_parser("retrain", help="retrain a derived cell with a recipe (darts-cifar, pdarts-imagenet, nb201)",
+                       epilog=_keys_epilog("retrain"), formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--genotype", help="a built-in DARTS cell name (e.g. DARTS_V2) or a genotype JSON file")
     r.add_argument("--arch", help="an NB201 arch string")
     r.add_argument("--recipe", help="darts-cifar (default), pdarts-imagenet or nb201")

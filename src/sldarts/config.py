@@ -153,85 +153,134 @@ class ConfigBase:
 class RunOptions(ConfigBase):
     """How a run executes (shared by search and retraining): seed, device, files, progress, faults."""
 
-    seed: int = field(default=0, metadata=_range(0))
-    deterministic: bool = False
-    device: str = "auto"
-    amp: str = field(default="none", metadata=_choice(*AMP))
-    channels_last: bool = True  # NHWC model and batches: faster (depthwise) convolutions on CPU and GPU
-    workers: int = field(default=4, metadata=_range(0))
-    threads: int = field(default=0, metadata=_range(0))
-    log_every: int = field(default=20, metadata=_range(1))
-    progress: str = field(default="auto", metadata=_choice(*PROGRESS))
-    out: str = ""
-    # true/auto: continue the run the directory holds, or start it when it holds none (what a requeued
-    # Slurm job and `torchrun --max-restarts` need: they run the very same command again)
-    resume: bool | str = field(default=False, metadata={"check": lambda v: _check_resume(v)})
-    overwrite: bool = False
+    seed: int = field(default=0, metadata={**_range(0),
+        "help": "random seed of weights, α, data order and augmentation; CPU runs with one seed are reproducible"})
+    deterministic: bool = field(default=False, metadata={
+        "help": "also force deterministic kernels (torch.use_deterministic_algorithms); slower on GPU"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA if present, else CPU), cpu, cuda or cuda:N"})
+    amp: str = field(default="none", metadata={**_choice(*AMP),
+        "help": "bf16 autocasts the forward pass on GPU (no loss scaling needed); none keeps float32"})
+    channels_last: bool = field(default=True, metadata={
+        "help": "NHWC model and batches: faster (depthwise) convolutions on CPU and GPU"})
+    workers: int = field(default=4, metadata={**_range(0),
+        "help": "processes that decode streamed image folders and ImageNet"})
+    threads: int = field(default=0, metadata={**_range(0), "help": "CPU threads for torch (0: torch's default)"})
+    log_every: int = field(default=20, metadata={**_range(1),
+        "help": "steps between progress lines and logged step metrics"})
+    progress: str = field(default="auto", metadata={**_choice(*PROGRESS),
+        "help": "auto: a bar on a terminal, plain lines otherwise; bar, lines or none"})
+    out: str = field(default="", metadata={
+        "help": "the run directory (empty: runs/<run name>); one holding another run is refused"})
+    # (what a requeued Slurm job and `torchrun --max-restarts` need: they run the very same command again)
+    resume: bool | str = field(default=False, metadata={"check": lambda v: _check_resume(v),
+        "help": "true/auto: continue the run the directory holds, or start one where it holds none"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a run directory that holds another run"})
     lock_wait: float = field(default=0.0, metadata={**_range(0), "help": "seconds to wait for another process "
                              "writing the same run directory to end (0: refuse at once, naming it)"})
-    nan_policy: str = field(default="stop", metadata=_choice("stop", "skip"))
-    logger: str = field(default="", metadata={"check": lambda v: _check_loggers(v)})  # tensorboard,wandb,mlflow
+    nan_policy: str = field(default="stop", metadata={**_choice("stop", "skip"),
+        "help": "at a non-finite loss: stop (keeping the last good checkpoint) or skip the batch and count it"})
+    logger: str = field(default="", metadata={"check": lambda v: _check_loggers(v),
+        "help": "mirror metrics to tensorboard, wandb and/or mlflow (comma-separated; empty: none)"})
 
 
 @dataclass
 class SearchConfig(RunOptions, CostOptions):
     """All settings of one search; defaults follow the paper (Sec. 4.1, 4.2)."""
 
-    space: str = field(default="nb201", metadata={"check": _check_space})
-    dataset: str = field(default="digits", metadata={"check": _check_dataset})
-    data_root: str = "data"
-    image_size: int = field(default=0, metadata=_range(0))  # resize image folders to this side (0: native)
+    space: str = field(default="nb201", metadata={"check": _check_space,
+        "help": "nb201, darts, a registered space, or pkg.mod:obj / file.py:obj (a SearchSpace or model factory)"})
+    dataset: str = field(default="digits", metadata={"check": _check_dataset,
+        "help": "digits, cifar10, cifar100, imagenet16-120, imagefolder, imagenet, or pkg.mod:build for your own"})
+    data_root: str = field(default="data", metadata={"help": "the folder that holds the data set's files"})
+    image_size: int = field(default=0, metadata={**_range(0),
+        "help": "side of the crop fed to the network: shorter side resized, then centre-cropped "
+                "(0: the first image's shorter side)"})
     valid_split: float | None = field(default=None, metadata={**_range(0, 0.9), "help": (
         "share of the training images held out (stratified, the same for every seed) for valid_acc where the "
         "data has no validation split; empty: 0.1, or 0 for the built-in benchmark sets (their test split)")})
-    stem: str = field(default="auto", metadata=_choice("auto", "cifar", "imagenet"))  # DARTS search network
+    stem: str = field(default="auto", metadata={**_choice("auto", "cifar", "imagenet"),
+        "help": "search network stem: cifar (full resolution), imagenet (stride-2 reduction), "
+                "auto from the searched images' side"})
     loss: str = field(default="", metadata={"check": _check_callable("loss"), "help": (
         "the training loss fn(outputs, labels): mse, l1, bce, cross_entropy or pkg.mod:fn (labels of any shape); "
         "empty: cross-entropy on class indices")})
     metric: str = field(default="", metadata={"check": _check_callable("metric"), "help": (
         "a number to report as valid_metric/test_metric, fn(outputs, labels) -> batch mean; same names as loss")})
-    cache_limit_mb: int = field(default=2048, metadata=_range(0))  # larger image folders stream from disk
-    optim: str = field(default="single", metadata=_registered("optim"))
-    order: int = field(default=1, metadata=_range(1, 2))
-    arch_data: str = field(default="valid", metadata=_choice(*ARCH_DATA))
-    activation: str = field(default="sigmoid", metadata=_registered("activation"))
-    alpha_init: float | None = None
-    epochs: int = field(default=50, metadata=_range(1))
-    batch_size: int = field(default=64, metadata=_range(1))
-    lr: float | None = field(default=None, metadata=_range(0, lo_open=True))
-    lr_min: float = field(default=0.001, metadata=_range(0))
-    momentum: float = field(default=0.9, metadata=_range(0, 1))
-    weight_decay: float = field(default=3e-4, metadata=_range(0))
-    grad_clip: float = field(default=5.0, metadata=_range(0))
-    arch_optimizer: str = field(default="adam", metadata=_choice(*ARCH_OPTIMIZERS))
-    arch_lr: float = field(default=3e-4, metadata=_range(0, lo_open=True))
-    arch_beta1: float = field(default=0.5, metadata=_range(0, 1))
-    arch_beta2: float = field(default=0.999, metadata=_range(0, 1))
-    arch_momentum: float = field(default=0.9, metadata=_range(0, 1))
-    arch_weight_decay: float | None = field(default=None, metadata=_range(0))
-    unroll_r: float = field(default=0.01, metadata=_range(0, lo_open=True))
-    train_portion: float = field(default=0.5, metadata=_range(0, 1, lo_open=True))
-    data_fraction: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))
-    train_samples: int = field(default=0, metadata=_range(0))
-    eval_samples: int = field(default=0, metadata=_range(0))
-    augment: bool = True
-    channels: int = field(default=16, metadata=_range(1))
-    cells: int = field(default=0, metadata=_range(0))
-    bn_track_stats: bool = True
-    impl: str = field(default="fused", metadata=_choice("fused", "reference"))
-    param_free_threshold: float = field(default=0.3, metadata=_range(0, 1))
-    derive: str = field(default="argmax", metadata=_choice("argmax", "argmax-no-none"))  # spaces.base.DERIVE_RULES
+    cache_limit_mb: int = field(default=2048, metadata={**_range(0),
+        "help": "image folders larger than this when decoded stream from disk instead of memory"})
+    optim: str = field(default="single", metadata={**_registered("optim"),
+        "help": "single (w and α from the same batch, the paper) or bilevel (DARTS), or a registered strategy"})
+    order: int = field(default=1, metadata={**_range(1, 2),
+        "help": "bi-level only: 1 first order, 2 second order (unrolled, finite-difference Hessian-vector product)"})
+    arch_data: str = field(default="valid", metadata={**_choice(*ARCH_DATA),
+        "help": "bi-level only: α batches from the held-out split (valid) or another training batch (train)"})
+    activation: str = field(default="sigmoid", metadata={**_registered("activation"),
+        "help": "how α becomes op weights: sigmoid (the paper), softmax (DARTS), gumbel, dirichlet, ..."})
+    alpha_init: float | None = field(default=None, metadata={
+        "help": "α's initial value (empty: -ln(n-1) for sigmoid, N(0, 1e-3²) for softmax)"})
+    epochs: int = field(default=50, metadata={**_range(1), "help": "search epochs"})
+    batch_size: int = field(default=64, metadata={**_range(1),
+        "help": "images per step (the global batch, split over torchrun ranks)"})
+    lr: float | None = field(default=None, metadata={**_range(0, lo_open=True),
+        "help": "weight learning rate, cosine to lr_min (empty: the space's, 0.005 on nb201, 0.025 on darts)"})
+    lr_min: float = field(default=0.001, metadata={**_range(0),
+        "help": "the cosine schedule's final weight learning rate (at most lr)"})
+    momentum: float = field(default=0.9, metadata={**_range(0, 1), "help": "weight SGD momentum"})
+    weight_decay: float = field(default=3e-4, metadata={**_range(0), "help": "weight SGD weight decay"})
+    grad_clip: float = field(default=5.0, metadata={**_range(0),
+        "help": "clip the weights' gradient norm to this (0: no clipping)"})
+    arch_optimizer: str = field(default="adam", metadata={**_choice(*ARCH_OPTIMIZERS),
+        "help": "optimiser of α: adam (arch_beta1, arch_beta2) or sgd (arch_momentum)"})
+    arch_lr: float = field(default=3e-4, metadata={**_range(0, lo_open=True), "help": "α's learning rate"})
+    arch_beta1: float = field(default=0.5, metadata={**_range(0, 1), "help": "Adam β1 of α"})
+    arch_beta2: float = field(default=0.999, metadata={**_range(0, 1), "help": "Adam β2 of α"})
+    arch_momentum: float = field(default=0.9, metadata={**_range(0, 1),
+        "help": "SGD momentum of α (arch_optimizer=sgd)"})
+    arch_weight_decay: float | None = field(default=None, metadata={**_range(0),
+        "help": "α's weight decay (empty: 0 for sigmoid, 1e-3 otherwise, as DARTS, GDAS and DrNAS)"})
+    unroll_r: float = field(default=0.01, metadata={**_range(0, lo_open=True),
+        "help": "finite-difference step of the second-order hypergradient (DARTS's r)"})
+    train_portion: float = field(default=0.5, metadata={**_range(0, 1, lo_open=True),
+        "help": "bi-level: share of the training set that updates w; the rest updates α"})
+    data_fraction: float = field(default=1.0, metadata={**_range(0, 1, lo_open=True),
+        "help": "use this share of the training set (0.5: the paper's half-data single-level runs)"})
+    train_samples: int = field(default=0, metadata={**_range(0),
+        "help": "cap the training images (0: all); for smoke runs"})
+    eval_samples: int = field(default=0, metadata={**_range(0),
+        "help": "cap the evaluation images (0: all); for smoke runs"})
+    augment: bool = field(default=True, metadata={
+        "help": "random crop with padding, plus horizontal flip except on digits"})
+    channels: int = field(default=16, metadata={**_range(1), "help": "initial channels C of the supernet"})
+    cells: int = field(default=0, metadata={**_range(0),
+        "help": "cells N (0: the space's default, nb201 5 per stage, darts 8 in total)"})
+    bn_track_stats: bool = field(default=True, metadata={
+        "help": "keep running statistics in the supernet's non-affine batch norms"})
+    impl: str = field(default="fused", metadata={**_choice("fused", "reference"),
+        "help": "fused (shared ReLU/pooling, stacked convs: same function, faster) or reference (per-edge loop)"})
+    param_free_threshold: float = field(default=0.3, metadata={**_range(0, 1),
+        "help": "warn (and auto_lr retries) when more than this share of the chosen ops is parameter-free"})
+    derive: str = field(default="argmax", metadata={**_choice("argmax", "argmax-no-none"),
+        "help": "argmax, or argmax-no-none (never derive `none`)"})
     # one-shot methods (docs/methods.md); `method` names a preset of the keys below, expanded by load_config
-    method: str = field(default="", metadata={"check": lambda v: _check_method(v)})
-    tau_max: float = field(default=10.0, metadata=_range(0, lo_open=True))  # GDAS: Gumbel temperature, linear
-    tau_min: float = field(default=0.1, metadata=_range(0, lo_open=True))  # from tau_max to tau_min
-    kl_weight: float = field(default=1e-3, metadata=_range(0))  # DrNAS: weight of the KL to the Dirichlet prior
-    partial_channels: int = field(default=1, metadata=_range(1))  # PC-DARTS: mixed ops see 1/K of the channels
-    edge_norm: bool = False  # PC-DARTS: per-edge β, softmax over a node's incoming edges
-    zero_one_weight: float = field(default=0.0, metadata=_range(0))  # FairDARTS: weight of the zero-one loss
-    aux_skip: bool = False  # DARTS-: auxiliary skip connection on every edge, coefficient 1 -> 0
-    rsps_samples: int = field(default=100, metadata=_range(1))  # RSPS: architectures scored at the end
-    rsps_batches: int = field(default=1, metadata=_range(1))  # RSPS: validation batches each is scored on
+    method: str = field(default="", metadata={"check": lambda v: _check_method(v),
+        "help": "a one-shot method preset (darts, gdas, drnas, pcdarts, ...) that sets the keys below; see methods"})
+    tau_max: float = field(default=10.0, metadata={**_range(0, lo_open=True),
+        "help": "GDAS: Gumbel temperature at the start, linear down to tau_min"})
+    tau_min: float = field(default=0.1, metadata={**_range(0, lo_open=True),
+        "help": "GDAS: Gumbel temperature at the end"})
+    kl_weight: float = field(default=1e-3, metadata={**_range(0),
+        "help": "DrNAS: weight of the KL divergence to the Dirichlet prior"})
+    partial_channels: int = field(default=1, metadata={**_range(1),
+        "help": "PC-DARTS: mixed ops see 1/K of the channels (1: all)"})
+    edge_norm: bool = field(default=False, metadata={
+        "help": "PC-DARTS: per-edge β, softmax over a node's incoming edges"})
+    zero_one_weight: float = field(default=0.0, metadata={**_range(0),
+        "help": "FairDARTS: weight of the zero-one loss on the op weights"})
+    aux_skip: bool = field(default=False, metadata={
+        "help": "DARTS-: auxiliary skip connection on every edge, coefficient decayed 1 -> 0"})
+    rsps_samples: int = field(default=100, metadata={**_range(1), "help": "RSPS: architectures scored at the end"})
+    rsps_batches: int = field(default=1, metadata={**_range(1),
+        "help": "RSPS: validation batches each architecture is scored on"})
     beta_weight: float = field(default=0.0, metadata={**_range(0), "help": "β-DARTS: final weight of the "
                                "beta-decay loss mean(logsumexp α), growing linearly from 0 over the epochs"})
     sdarts_epsilon: float = field(default=0.0, metadata={**_range(0, 1), "help": "SDARTS-RS: final bound of "
@@ -242,14 +291,20 @@ class SearchConfig(RunOptions, CostOptions):
                        "import paths (pkg.mod:Part, file.py:Part); their options are keys too (docs/custom.md)"})
     part_options: dict = field(default_factory=dict, metadata={
         "help": "options of the parts named in `parts` (given as plain keys; checked when the search starts)"})
-    margin_threshold: float = field(default=0.01, metadata=_range(0))  # below it a choice is "undecided"
-    analysis: bool = False  # record gradient correlation, dL/dp and weights to analysis.jsonl
-    analysis_every: int = field(default=10, metadata=_range(1))
-    analysis_cells: str = "first,middle,last"
-    auto_lr: bool = False  # rerun with lr / auto_lr_factor while the result's param-free ratio > threshold
-    auto_lr_factor: float = field(default=5.0, metadata=_range(1, lo_open=True))
-    auto_lr_tries: int = field(default=3, metadata=_range(1))
-    benchmark: str = ""  # NB201 benchmark file for per-epoch look-ups ($SLDARTS_NB201 if empty)
+    margin_threshold: float = field(default=0.01, metadata={**_range(0),
+        "help": "a choice whose winner leads the runner-up by less than this is reported undecided"})
+    analysis: bool = field(default=False, metadata={
+        "help": "record gradient correlation, dL/dp and op weights to analysis.jsonl (see analysis)"})
+    analysis_every: int = field(default=10, metadata={**_range(1), "help": "steps between analysis records"})
+    analysis_cells: str = field(default="first,middle,last", metadata={
+        "help": "cells the analysis probes: comma-separated first, middle, last or indices"})
+    auto_lr: bool = field(default=False, metadata={
+        "help": "rerun with lr / auto_lr_factor while the result's parameter-free share exceeds the threshold"})
+    auto_lr_factor: float = field(default=5.0, metadata={**_range(1, lo_open=True),
+        "help": "auto_lr: divide lr by this on each retry"})
+    auto_lr_tries: int = field(default=3, metadata={**_range(1), "help": "auto_lr: at most this many searches"})
+    benchmark: str = field(default="", metadata={
+        "help": "NAS-Bench-201 file for per-epoch look-ups (empty: $SLDARTS_NB201, else the shipped table)"})
     trust: bool = field(default=False, metadata={"help": "let a pickled benchmark file (NATS-Bench, .pth) load "
                                                  "any Python object; off: only plain data is read, since "
                                                  "unpickling other objects runs code"})
@@ -493,33 +548,49 @@ RECIPES: dict[str, dict[str, Any]] = {
 class RetrainConfig(RunOptions):
     """Retraining a derived cell from scratch; ``recipe`` sets the defaults, every key overridable."""
 
-    recipe: str = field(default="darts-cifar", metadata=_choice(*RECIPES))
-    source_run: str = ""  # a search run directory
-    genotype: str = ""  # a built-in DARTS cell name or a genotype JSON file
-    arch: str = ""  # an NB201 arch string
-    dataset: str = field(default="cifar10", metadata={"check": _check_dataset})
-    data_root: str = "data"
-    epochs: int = field(default=600, metadata=_range(1))
-    batch_size: int = field(default=96, metadata=_range(1))
-    lr: float = field(default=0.025, metadata=_range(0, lo_open=True))
-    lr_schedule: str = field(default="cosine", metadata=_choice("cosine", "linear"))
-    warmup_epochs: int = field(default=0, metadata=_range(0))
-    momentum: float = field(default=0.9, metadata=_range(0, 1))
-    nesterov: bool = False
-    weight_decay: float = field(default=3e-4, metadata=_range(0))
-    label_smoothing: float = field(default=0.0, metadata=_range(0, 1))
-    auxiliary_weight: float = field(default=0.4, metadata=_range(0))
-    drop_path: float = field(default=0.2, metadata=_range(0, 1))
-    cutout: int = field(default=16, metadata=_range(0))
-    color_jitter: float = field(default=0.0, metadata=_range(0, 1))
-    image_size: int = field(default=0, metadata=_range(0))  # ImageNet crops (0: 224; image folders: native)
+    recipe: str = field(default="darts-cifar", metadata={**_choice(*RECIPES),
+        "help": "darts-cifar, pdarts-imagenet, nb201 or plain: the defaults of every key below"})
+    source_run: str = field(default="", metadata={
+        "help": "a search run directory whose derived architecture is retrained"})
+    genotype: str = field(default="", metadata={
+        "help": "a built-in DARTS cell name (e.g. DARTS_V2) or a genotype JSON file"})
+    arch: str = field(default="", metadata={"help": "an architecture string of the space (NB201: |op~0|+|...|)"})
+    dataset: str = field(default="cifar10", metadata={"check": _check_dataset,
+        "help": "cifar10, cifar100, imagenet16-120, imagefolder, imagenet, digits or pkg.mod:build"})
+    data_root: str = field(default="data", metadata={"help": "the folder that holds the data set's files"})
+    epochs: int = field(default=600, metadata={**_range(1), "help": "training epochs"})
+    batch_size: int = field(default=96, metadata={**_range(1),
+        "help": "images per step (the global batch, split over torchrun ranks)"})
+    lr: float = field(default=0.025, metadata={**_range(0, lo_open=True), "help": "initial learning rate of SGD"})
+    lr_schedule: str = field(default="cosine", metadata={**_choice("cosine", "linear"),
+        "help": "cosine or linear decay of the learning rate to 0"})
+    warmup_epochs: int = field(default=0, metadata={**_range(0),
+        "help": "epochs of linear learning-rate warm-up before the schedule"})
+    momentum: float = field(default=0.9, metadata={**_range(0, 1), "help": "SGD momentum"})
+    nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum"})
+    weight_decay: float = field(default=3e-4, metadata={**_range(0), "help": "SGD weight decay"})
+    label_smoothing: float = field(default=0.0, metadata={**_range(0, 1),
+        "help": "label smoothing of the cross-entropy"})
+    auxiliary_weight: float = field(default=0.4, metadata={**_range(0),
+        "help": "weight of the auxiliary head's loss (0: no head)"})
+    drop_path: float = field(default=0.2, metadata={**_range(0, 1),
+        "help": "drop-path probability, ramped linearly from 0 over the epochs"})
+    cutout: int = field(default=16, metadata={**_range(0), "help": "cutout square side in pixels (0: none)"})
+    color_jitter: float = field(default=0.0, metadata={**_range(0, 1),
+        "help": "colour jitter strength of ImageNet training crops"})
+    image_size: int = field(default=0, metadata={**_range(0),
+        "help": "training crop side (0: 224 for ImageNet; image folders: the searched or first image's side)"})
     valid_split: float | None = field(default=None, metadata={**_range(0, 0.9), "help": (
         "share of the training images held out for valid_acc, as in the search (retrain RUN takes the run's)")})
-    grad_clip: float = field(default=5.0, metadata=_range(0))
-    channels: int = field(default=36, metadata=_range(1))
-    cells: int = field(default=20, metadata=_range(1))
-    train_samples: int = field(default=0, metadata=_range(0))
-    eval_samples: int = field(default=0, metadata=_range(0))
+    grad_clip: float = field(default=5.0, metadata={**_range(0),
+        "help": "clip the gradient norm to this (0: no clipping)"})
+    channels: int = field(default=36, metadata={**_range(1), "help": "initial channels C of the evaluation network"})
+    cells: int = field(default=20, metadata={**_range(1),
+        "help": "cells of the evaluation network (DARTS: layers; NB201: per stage)"})
+    train_samples: int = field(default=0, metadata={**_range(0),
+        "help": "cap the training images (0: all); for smoke runs"})
+    eval_samples: int = field(default=0, metadata={**_range(0),
+        "help": "cap the evaluation images (0: all); for smoke runs"})
 
     def __post_init__(self) -> None:
         self.validate()

@@ -209,7 +209,8 @@ def _onnx(net: Any, example: Tensor, out: Path) -> None:
     try:
         import onnxscript  # noqa: F401
     except ImportError:
-        raise SldartsError('ONNX export needs onnx and onnxscript: pip install "sldarts[export]"') from None
+        raise SldartsError('ONNX export needs onnx, onnxscript and onnxruntime: pip install -e ".[export]" '
+                           'in the sldarts clone') from None
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(net, (example,), dynamo=True, opset_version=18, input_names=["input"],
                                 output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)

@@ -45,7 +45,8 @@ def _submitit():
 
         return submitit
     except ImportError:
-        raise SldartsError('--launcher slurm|submitit-local needs submitit: pip install "sldarts[slurm]"') from None
+        raise SldartsError('--launcher slurm|submitit-local needs submitit: pip install -e ".[slurm]" in the '
+                           'sldarts clone') from None
 
 
 try:  # submitit is an optional extra; without it PointJob is never built (_submitit says what to install)

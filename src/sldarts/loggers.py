@@ -78,7 +78,8 @@ def _need(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise SldartsError(f'logger {extra} needs its extra: pip install "sldarts[{extra}]"') from None
+        raise SldartsError(f'logger {extra} needs its package: pip install -e ".[{extra}]" in the sldarts '
+                           'clone') from None
 
 
 class TensorBoard(RunLogger):

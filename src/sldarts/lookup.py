@@ -268,7 +268,7 @@ def open_benchmark(path: str | Path | None, trust: bool = False) -> Benchmark:
             from nats_bench import create
         except ImportError:
             raise SldartsError("reading NATS-Bench files needs the nats_bench package: "
-                               "pip install 'sldarts[nats]'") from None
+                               "pip install -e '.[nats]' in the sldarts clone") from None
         if p.is_dir():
             meta = _load_pickle(p / "meta.pickle.pbz2", trust)
             data = {"meta_archs": meta.get("meta_archs") if isinstance(meta, dict) else None,

@@ -48,7 +48,7 @@ def draw_matplotlib(g: CellGraph, paths: list[Path]) -> None:
         import matplotlib.pyplot as plt
         from matplotlib.patches import FancyArrowPatch
     except ImportError:
-        raise SldartsError("no Graphviz `dot` and no matplotlib: install graphviz or `pip install sldarts[plot]` "
+        raise SldartsError("no Graphviz `dot` and no matplotlib: install graphviz or `pip install matplotlib` "
                            "to render the diagram (the .dot file was written)") from None
     pos = _positions(g)
     colours = {"input": "#b4eeb4", "node": "#add8e6", "output": "#eee8aa"}

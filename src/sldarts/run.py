@@ -478,8 +478,6 @@ class EpochRun:
         last = read_metrics(self.out / "metrics.jsonl")[-1:] if self.dist.main else []
         result = self.result(time.time() - started, last[0] if last else None)
         result.update(run_dir=str(self.out), config=cfg.to_dict())
-        if "warning" in result:
-            self.progress.message("warning: " + result["warning"])
         if self.dist.main:
             claim(self.out, self.artifacts(result))
             for name, text in self.artifacts(result).items():

@@ -325,31 +325,40 @@ class SearchRun(EpochRun):
 
 
 def closing_lines(cfg: SearchConfig, space: SearchSpace, result: dict[str, Any], out: Path) -> list[str]:
-    """What the result means and what to run next, for someone who just ran their first search."""
+    """The end of a search, for someone who just ran their first: the result (cell, benchmark look-up, size),
+    then at most three short lines (collapse warning, undecided choices, next commands that run as printed)."""
     arch = result[space.arch_key]
-    lines = [f"derived: {space.format(arch)}",
-             f"parameter-free share {result['param_free_ratio']:.2f} (skip, pooling, none among the chosen ops; "
-             f"the paper's threshold {cfg.param_free_threshold})"]
-    if result.get("min_margin") is not None:
-        lines.append(f"smallest margin {result['min_margin']:.2g} (winner's weight minus runner-up's); stable since "
-                     f"epoch {result.get('stable_since_epoch')}")
-    if result.get("note"):
-        lines.append("note: " + result["note"])
+    lines = [f"result: {space.format(arch)}"]
+    bench = result.get("benchmark") or {}
+    names = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet16-120": "ImageNet16-120"}
+    looked = [f"{name} {bench[d]['test']:.2f}" for d, name in names.items()
+              if isinstance(bench.get(d), dict) and bench[d].get("test") is not None]
+    if looked:
+        lines.append("  NAS-Bench-201 test accuracy: " + ", ".join(looked))
+    size = result.get("complexity")
+    facts = [f"{size['params_m']:.2f}M params, {size['macs_m']:.1f}M MACs ({size['dataset']} network)"] if size else []
+    facts.append(f"parameter-free share {result['param_free_ratio']:.2f}")
+    facts += [f"diagram {p}" for p in sorted(out.glob("cell_*.png"))[:1]]
+    lines.append("  " + "; ".join(facts))
     if result.get("budget"):
         from sldarts.budget import budget_line
 
         lines.append(budget_line(result["budget"]))
-    if cfg.dataset == "digits" and result["param_free_ratio"] > cfg.param_free_threshold:
-        lines.append("digits are 8x8 images on which skip connections are genuinely strong (docs/analysis.md): a "
-                     "high share here says more about the data than the method; on CIFAR-10 images single-level "
-                     "+ sigmoid derives mostly convolutions")
-    nxt = [f"sldarts derive {out}"]
-    if space.benchmark:
-        nxt.append(f"sldarts lookup {out} --benchmark FILE")
-    nxt += [f"sldarts retrain {out} (its data and split; epochs=N to shorten)",
-            "your own model and data: docs/custom.md"]
-    if cfg.dataset == "digits":
-        nxt.insert(1, "sldarts search dataset=cifar10 data_root=DIR")
+    if result["param_free_ratio"] > cfg.param_free_threshold:
+        lines.append(f"warning: the search may have collapsed (parameter-free share {result['param_free_ratio']:.2f} > "
+                     f"{cfg.param_free_threshold:g}); try lr={cfg.lr / cfg.auto_lr_factor:g} or auto_lr=true")
+    margins = result.get("margins") or {}
+    weak = sum(m < cfg.margin_threshold for m in margins.values())
+    if weak:
+        lines.append(f"undecided: {weak} of {len(margins)} choices (margin < {cfg.margin_threshold:g}); "
+                     f"the list is in {out / 'result.json'}")
+    nxt = []
+    if bench:
+        given = f" --benchmark {cfg.benchmark}" if cfg.benchmark else ""  # else $SLDARTS_NB201, set in this shell
+        nxt.append(f"sldarts lookup {out}{given} --table")
+    nxt.append(f"sldarts analyze {out} --out {out / 'figures'}")
+    if space.arch_key == "choices":
+        nxt.append(f"sldarts export {out} --format torchscript --out {out / 'model.pt'}")
     lines.append("next: " + " | ".join(nxt))
     return lines
 
