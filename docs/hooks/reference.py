@@ -40,9 +40,10 @@ def config_page() -> str:
 
 def cli_page() -> str:
     from sldarts import reference
+    from sldarts.cli import build_parser
 
     return "# Command line\n\nGenerated from the `argparse` parser of `sldarts` (`sldarts COMMAND --help`).\n\n" + \
-        reference.cli_markdown()
+        reference.cli_markdown(build_parser())
 
 
 PAGES = {"reference/config.md": config_page, "reference/cli.md": cli_page}

@@ -120,11 +120,9 @@ def _flag_rows(parser: argparse.ArgumentParser) -> list[str]:
     return out
 
 
-def cli_markdown() -> str:
-    """Every command and flag of ``sldarts``, from the argparse parser."""
-    from sldarts.cli import build_parser
-
-    parser = build_parser()
+def cli_markdown(parser: argparse.ArgumentParser) -> str:
+    """Every command and flag of ``sldarts``, from its argparse parser (``sldarts.cli.build_parser()``: the
+    CLI imports this module for its key lists, so the parser is passed in rather than imported)."""
     helps = {}
     for a in parser._actions:
         if isinstance(a, argparse._SubParsersAction):
