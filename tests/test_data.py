@@ -93,7 +93,7 @@ def test_splits_are_disjoint_and_fixed_across_seeds():
 
 def _loader(n=40, bs=8, **kw):
     x = np.arange(n * 3 * 4 * 4, dtype=np.int64).reshape(n, 3, 4, 4) % 256
-    info = DatasetInfo("t", 10, 3, (0.0,) * 3, (1 / 255,) * 3, pad=1, flip=True)
+    info = DatasetInfo("t", n, 3, (0.0,) * 3, (1 / 255,) * 3, pad=1, flip=True)
     data = ArrayData(x.astype(np.uint8), np.arange(n))  # label = sample id
     return TensorLoader(data, info, bs, "cpu", seed=0, stream=1, **kw)
 

@@ -53,7 +53,7 @@ def _whose(filename: str) -> str:
 
 
 # sldarts's building blocks that call the user's own modules (a Choice runs the user's candidates)
-_PASS_THROUGH = (_SLDARTS + "nn.py",)
+_PASS_THROUGH = (_SLDARTS + "nn.py", _SLDARTS + "mixing.py")
 
 
 def user_frame(tb: TracebackType | None) -> tuple[str, str, int, tuple[int, ...] | None] | None:

@@ -264,7 +264,7 @@ def _split_note(split: dict, n_train: int, n_valid: int, test: Loader | None) ->
 
 def _checked(data: SearchData) -> SearchData:
     """A user data set's labels are checked against its classes in every batch of every split."""
-    for loader in (data.train, data.arch, data.eval):
+    for loader in (data.train, data.arch, data.eval, data.test):
         if isinstance(loader, DatasetLoader):
             loader.num_classes = data.info.num_classes
     return data
