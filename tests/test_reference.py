@@ -87,8 +87,9 @@ def test_readme_quickstarts_run_and_a_search_ends_short_with_next_commands_that_
         if argv[1] in ("retrain", "predict") and not folder_split:
             continue  # retraining on the searched images comes with valid_split
         if argv[1] in ("search", "retrain"):
-            argv += SMOKE if argv[1] == "search" else ["epochs=1", "train_samples=16", "eval_samples=8", "channels=4", "auxiliary_weight=0",
-                                                          "cells=2", "batch_size=8", "progress=none"]
+            argv += SMOKE if argv[1] == "search" else ["epochs=1", "train_samples=16", "eval_samples=8", "channels=4",
+                                                          "auxiliary_weight=0", "cells=2", "batch_size=8",
+                                                          "progress=none"]
         argv = [a.replace("photos/cat/001.jpg", "photos/cat/001.jpg" if folder_split else "photos/train/cat/001.jpg")
                 for a in argv]
         assert main(argv[1:]) == 0, command
