@@ -649,6 +649,7 @@ def trade_off(sweep_dir: Path, runs: list[dict[str, Any]], bench: Any = None, da
     """Accuracy vs cost of a sweep's points with a budget: a Markdown table (``budget.md``) and a plot
     (``budget.png``); with an NB201 benchmark, each point's looked-up accuracy beside the benchmark's own
     Pareto front over every cell (costs from the run's cost table, exact for MACs and params)."""
+    from sldarts.spaces import SPACES, get_space
     from sldarts.spaces.nb201 import OPS, parse_arch
 
     pts = [r for r in runs if r["result"].get("budget")]
@@ -660,7 +661,9 @@ def trade_off(sweep_dir: Path, runs: list[dict[str, Any]], bench: Any = None, da
     cloud: list[tuple[float, float, str]] = []
     table_file = Path(sweep_dir) / pts[0]["dir"] / "cost_table.json"
     acc_name = "supernet valid acc"
-    if bench is not None and pts[0]["result"].get("space") == "nb201" and table_file.exists():
+    space = str(pts[0]["result"].get("space"))
+    benchmarked = space in SPACES and get_space(space).benchmark  # the space the NB201 table measures
+    if bench is not None and benchmarked and table_file.exists():
         predict = predictor(json.loads(table_file.read_text()))
         for arch in bench.archs():
             acc = bench.query(arch)[dataset][split]
