@@ -254,6 +254,13 @@ class EpochRun:
     def begin_epoch(self, global_step: int) -> None:
         """Called before the first step of an epoch (or of its resumed remainder)."""
 
+    def end_epoch(self) -> None:
+        """Called after an epoch's training, before its metrics and checkpoint (``self.epoch`` counts it)."""
+
+    def early_stop(self) -> str | None:
+        """Why the run ends before ``epochs`` (checked before each epoch, so a resumed run sees it too)."""
+        return None
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor):
         raise NotImplementedError
 
@@ -460,12 +467,17 @@ class EpochRun:
         try:
             with self.stop:
                 while self.epoch < cfg.epochs:
+                    why = self.early_stop()
+                    if why:
+                        self.progress.message(f"stopping after epoch {self.epoch} of {cfg.epochs}: {why}")
+                        break
                     lr = self.lr()  # the rate this epoch trains with
                     loss, acc, seconds = self._train_epoch()
                     self.sched.step()
                     self.epoch += 1
                     self.step_in_epoch = 0
                     self.partial = Partial()
+                    self.end_epoch()
                     row = self._record(self.epoch, loss, acc, seconds, lr)
                     self._save()
                     self.progress.message(f"epoch {self.epoch}/{cfg.epochs} loss {loss:.4f} train {acc:.2%} "

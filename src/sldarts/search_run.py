@@ -131,7 +131,15 @@ class SearchRun(EpochRun):
 
     def stateful(self) -> dict[str, Any]:
         out = {"model": self.model, "w_opt": self.w_opt, "a_opt": self.a_opt, "sched": self.sched}
+        if self.method.has_state:  # a part's own state (ENAS's controller, DARTS+'s history)
+            out["method"] = self.method
         return out if self.cost is None else {**out, "cost": self.cost}
+
+    def end_epoch(self) -> None:
+        self.method.end_epoch(self.epoch, self.cfg.epochs, self.model)
+
+    def early_stop(self) -> str | None:
+        return self.method.stop_reason()
 
     def describe(self) -> str:
         cfg = self.cfg
@@ -185,10 +193,12 @@ class SearchRun(EpochRun):
         return self.model.derive() if rule == "argmax" else self.model.derive(rule)
 
     def _select(self, selector) -> tuple[Any, dict[str, Any]]:
-        """RSPS: the best of rsps_samples uniformly drawn architectures on the first rsps_batches
-        validation batches (the same batches for every one), drawn with the run's seed."""
-        batches = [b for _, b in zip(range(self.cfg.rsps_batches), self.data.eval.epoch(0), strict=False)]
-        weights, extra = selector.select(self.model, batches, self.cfg.seed)
+        """RSPS, SETN, ENAS: the part chooses the architecture, scoring candidates on the first validation
+        batches (the same for every candidate) with the run's seed."""
+        def valid_batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            return [b for _, b in zip(range(n), self.data.eval.epoch(0), strict=False)]
+
+        weights, extra = selector.select(self.model, valid_batches, self.cfg.seed)
         return self.model.derive("argmax", weights=weights), extra
 
     def _decisions(self) -> list[Decision] | None:
@@ -246,6 +256,8 @@ class SearchRun(EpochRun):
         out: dict[str, Any] = {"space": cfg.space, "arch_key": self.space.arch_key, self.space.arch_key: arch,
                                "param_free_ratio": ratio, "derive": cfg.derive, **extra,
                                "valid_acc": last.get("valid_acc") if last else None, "epochs": cfg.epochs,
+                               **({"stopped_early": {"epoch": self.epoch, "reason": self.early_stop()}}
+                                  if self.epoch < cfg.epochs else {}),
                                **{k: last[k] for k in ("valid_loss", "valid_metric") if last and k in last},
                                "seconds": round(seconds, 1), "input": self.data.input_spec()}
         if self.benchmark is not None:

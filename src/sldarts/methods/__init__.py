@@ -45,7 +45,13 @@ The hooks of a part, all optional:
 - ``weight_step_weights(model)``: op weights the weight step uses instead of the activated α (SDARTS's
   random smoothing), or None; ``updates_alpha()``: False while α is not to be stepped (a warm-up);
 - ``fused_ok`` (the fused cells compute it) and ``sparse`` (only the chosen op of an edge is computed);
-- ``select(...)``: the final architecture, instead of derivation from α (RSPS).
+- ``select(model, valid_batches, seed)``: the final architecture, instead of derivation from α (RSPS, SETN,
+  ENAS); ``valid_batches(n)`` gives the first ``n`` validation batches (never test data);
+- ``end_epoch(epoch, epochs, model)`` after each finished epoch (``epoch`` = epochs done), and
+  ``stop_reason()``: a non-empty string ends the search before its last epoch (DARTS+'s early stopping);
+  the search records which part stopped it, why and when;
+- ``state_dict()`` / ``load_state_dict(state)``: a part's own state (a controller, a history) saved in every
+  checkpoint, so that a resumed search continues exactly. Parts whose state is a function of the epoch need none.
 
 Register a part in :data:`PARTS` (``PARTS.register(MyPart)``), by the ``sldarts.parts`` entry point group, or
 name it by import path on the command line: ``parts=my_parts.py:L2 l2_weight=0.1``.
@@ -135,6 +141,20 @@ class Part:
         """Whether this step updates α (False: an α warm-up)."""
         return True
 
+    def end_epoch(self, epoch: int, epochs: int, model: Supernet) -> None:
+        """After an epoch's training (``epoch`` epochs are done), before its checkpoint."""
+
+    def stop_reason(self) -> str | None:
+        """Why the search ends now (early stopping), or None to go on."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The part's own state for checkpoints (empty: none, or a function of the epoch alone)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
 
 def _validate(opts: Any) -> None:
     """Coerce and check a part's options like config keys (types, choices, ranges)."""
@@ -213,6 +233,33 @@ class Method:
             if w is not None:
                 return w
         return None
+
+    def end_epoch(self, epoch: int, epochs: int, model: Supernet) -> None:
+        for p in self.parts:
+            p.end_epoch(epoch, epochs, model)
+
+    def stop_reason(self) -> str | None:
+        """The first part's reason to end the search now ("part: why"), or None."""
+        for p in self.parts:
+            why = p.stop_reason()
+            if why:
+                return f"{p.name}: {why}"
+        return None
+
+    @property
+    def has_state(self) -> bool:
+        """Whether a part keeps state of its own, which checkpoints must then hold."""
+        return any(type(p).state_dict is not Part.state_dict for p in self.parts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {p.name: p.state_dict() for p in self.parts if type(p).state_dict is not Part.state_dict}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for p in self.parts:
+            if type(p).state_dict is not Part.state_dict:
+                if p.name not in state:
+                    raise KeyError(f"no state of part {p.name}")
+                p.load_state_dict(state[p.name])
 
     def __repr__(self) -> str:
         return f"<method {self.name or 'custom'}: {self.optim}{self.order} + {', '.join(self.part_names)}>"

@@ -4,6 +4,7 @@ best of ``rsps_samples`` drawn architectures is selected instead of deriving fro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +43,11 @@ class RandomSampling(Part):
                          "(no sample_weights()); use another optim")
         # every op stays in the step (weight 0 for the unchosen): weight decay reaches them all, as it always has
 
-    def select(self, model: Supernet, batches: list[tuple[Tensor, Tensor]], seed: int
+    def select(self, model: Supernet, valid_batches: Callable[[int], list[tuple[Tensor, Tensor]]], seed: int
                ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """(the best architecture's one-hot weights, what to record) instead of derivation from α."""
+        """(the best architecture's one-hot weights, what to record) instead of derivation from α: every
+        drawn architecture is scored on the same first ``rsps_batches`` validation batches."""
+        batches = valid_batches(self.opts.rsps_batches)
         weights, scores = select_architecture(model, batches, self.opts.rsps_samples, seed)
         return weights, {"rsps": {"samples": len(scores), "best_score": max(scores),
                                   "mean_score": sum(scores) / len(scores)}}
