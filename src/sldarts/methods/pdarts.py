@@ -242,7 +242,8 @@ def pdarts_search(cfg: Any, **objects: Any) -> dict[str, Any]:
     stages: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
     for s, depth in enumerate(cells):
-        sub = cfg.replace(out=str(base / f"stage{s + 1}"), cells=depth)
+        # every key explicit: cfg.replace would fill the preset's keys in again over the user's (optim=single)
+        sub = cfg.replace(**{**cfg.to_dict(), "out": str(base / f"stage{s + 1}"), "cells": depth})
         run = _stage_run(SearchRun)(sub, stage=s, keep=keep, **objects)
         ckpt.atomic_write_text(base / f"stage{s + 1}" / "keep.json", json.dumps(keep) + "\n")
         result = run.run()
