@@ -140,6 +140,7 @@ class Progressive(Part):
     Options = PdartsOptions
     on = "pdarts"
     fused_ok = False  # the fused cells compute skip connections inline: no dropout there
+    sparse = True  # the pruned ops' weights get no gradient: DDP must look for unused parameters
     order = 14
 
     def __init__(self, options=None) -> None:
