@@ -239,6 +239,10 @@ def pdarts_search(cfg: Any, **objects: Any) -> dict[str, Any]:
     if cfg.resume and (base / "result.json").exists():
         return json.loads((base / "result.json").read_text())
     base.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    # the search as asked (a sweep sees a started P-DARTS point as partial and resumes it)
+    ckpt.atomic_write_text(base / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     keep = {k: [list(range(len(OPS))) for _ in range(14)] for k in ("normal", "reduce")}
     stages: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
