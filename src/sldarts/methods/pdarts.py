@@ -117,8 +117,10 @@ class _Masked:
     def __init__(self, inner: Any, masks: dict[int, Tensor]) -> None:
         self.inner, self.masks = inner, masks
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["inner"], name)
+    def __getattr__(self, name: str) -> Any:  # everything else is the wrapped activation's (a copy: not yet)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def _mask(self, alpha: Tensor) -> Tensor:
         m = self.masks.get(id(alpha))
