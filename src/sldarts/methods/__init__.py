@@ -271,6 +271,7 @@ def _builtins() -> None:
     import sldarts.methods.dartsminus
     import sldarts.methods.fairdarts
     import sldarts.methods.pcdarts
+    import sldarts.methods.pdarts
     import sldarts.methods.rsps
     import sldarts.methods.samplers
     import sldarts.methods.sdarts
