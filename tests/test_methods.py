@@ -227,6 +227,12 @@ def test_presets_combine_with_single_level(tmp_path, method):
     assert res["config"]["activation"] == METHODS[method]["activation"]
 
 
+def test_a_copy_keeps_keys_given_over_a_preset():
+    # auto_lr's retries copy the config with another lr: single-level GDAS must stay single-level
+    cfg = load_config(None, {"method": "gdas", "optim": "single"}).replace(lr=0.1)
+    assert (cfg.optim, cfg.activation, cfg.lr) == ("single", "gumbel", 0.1)
+
+
 def test_refused_combinations_are_one_line():
     with pytest.raises(SldartsError, match="method=rsps with optim=bilevel makes no sense"):
         load_config(None, {"method": "rsps", "optim": "bilevel"})

@@ -146,7 +146,10 @@ class ConfigBase:
         return {**{k: v for k, v in d.items() if k not in tail}, **{k: d[k] for k in tail}}
 
     def replace(self, **changes: Any):
-        return load_config(None, changes, base=self.to_dict(), schema=type(self))
+        """A copy with ``changes``; every current value counts as given (a preset never overrides it again),
+        unless ``changes`` names another method, whose preset then fills the keys left at their defaults."""
+        return load_config(None, changes, base=self.to_dict(), schema=type(self),
+                           base_explicit="method" not in changes)
 
 
 @dataclass
@@ -511,12 +514,14 @@ def load_config(
     overrides: dict[str, Any] | None = None,
     base: dict[str, Any] | None = None,
     schema: type = SearchConfig,
+    base_explicit: bool = False,
 ) -> Any:
-    """Defaults < base < YAML file < overrides; unknown keys get a 'did you mean'."""
+    """Defaults < base < YAML file < overrides; unknown keys get a 'did you mean'. ``base_explicit``: every
+    key of ``base`` counts as given, so a ``method`` preset does not override it (a config's copy)."""
     values: dict[str, Any] = dict(base or {})
     defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
                 for f in dataclasses.fields(schema)}
-    explicit = {k for k, v in values.items() if defaults.get(k, object()) != v}
+    explicit = set(values) if base_explicit else {k for k, v in values.items() if defaults.get(k, object()) != v}
     if path is not None:
         values.update(read_yaml(path))
         explicit |= set(read_yaml(path))
