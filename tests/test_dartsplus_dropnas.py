@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from test_reliability import killed_and_resumed
 
 import sldarts
 from sldarts.errors import SldartsError
@@ -65,14 +66,18 @@ def test_dartsplus_rule_one_counts_the_normal_cells_skips():
     assert normal_ops(nb.derive()).count("skip_connect") == 2
 
 
-def test_dartsplus_search_stops_early_and_records_rule_and_epoch(tmp_path):
-    # α held still (an α warm-up longer than the search): the ranking after epoch 2 is that after epoch 1, so
-    # patience 1 stops the search after epoch 2, before the 3rd
-    res = sldarts.search(method="dartsplus", dartsplus_patience=1, arch_warmup=3, epochs=3, space="nb201",
-                         out=str(tmp_path / "r"), **{**TINY, "train_samples": 32})
-    assert res["stopped_early"] == {"epoch": 2, "reason": "early_stop: the ranking of α has not changed for 1 "
-                                    "epochs (dartsplus_patience=1) after epoch 2"}
-    assert json.loads((tmp_path / "r" / "result.json").read_text())["stopped_early"]["epoch"] == 2
+def test_dartsplus_search_stops_early_records_rule_and_epoch_and_resumes_its_history(tmp_path):
+    # α held still (an α warm-up as long as the search): the ranking never changes, so patience 2 stops the
+    # search after epoch 3 of 5. The run killed after epoch 1 must resume the history: without it the resumed
+    # run would start counting again and stop after epoch 4.
+    args = ["search", "method=dartsplus", "space=nb201", "dartsplus_patience=2", "arch_warmup=5", "epochs=5",
+            "train_samples=32", "batch_size=32", "eval_samples=32", "channels=4", "cells=1", "deterministic=true",
+            "threads=1", "progress=lines", "log_every=1"]
+    full, part = killed_and_resumed(args, tmp_path)
+    for res in (full, part):
+        assert res["stopped_early"] == {"epoch": 3, "reason": "early_stop: the ranking of α has not changed for "
+                                        "2 epochs (dartsplus_patience=2) after epoch 3"}
+    assert full["arch"] == part["arch"]
 
 
 def test_dropnas_groups_and_per_op_rates_follow_the_formula():
