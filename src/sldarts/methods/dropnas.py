@@ -72,6 +72,7 @@ class GroupedDrop(Part):
     Options = DropOptions
     on = "dropnas_rate"
     fused_ok = False
+    sparse = True  # a dropped op's weights are unused in its step (torchrun's DDP must look for them)
     order = 13
 
     def adapt(self, model: Supernet) -> None:
