@@ -196,7 +196,7 @@ def test_rsps_samples_uniformly_and_derives_the_best_scored():
 
 
 @pytest.mark.parametrize("space,cells", [("nb201", 1), ("darts", 3)])
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "pdarts"])  # its stages: tests/test_pdarts.py
 def test_every_preset_runs_on_both_spaces(tmp_path, method, space, cells):
     # the tiny run: epochs=1 train_samples=256 channels=4, cells=1 (NB201) or 3 (DARTS)
     res = sldarts.search(method=method, space=space, cells=cells, out=str(tmp_path / "r"),
@@ -221,7 +221,7 @@ def get_arch(space: str, arch):
     return get_space(space).parse(arch)
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("rsps", "single-darts")])
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("rsps", "single-darts", "pdarts")])
 def test_presets_combine_with_single_level(tmp_path, method):
     res = sldarts.search(method=method, optim="single", cells=1, out=str(tmp_path / "r"), **TINY)
     assert (res["config"]["optim"], res["config"]["order"], res["config"]["method"]) == ("single", 1, method)
@@ -247,7 +247,7 @@ def test_methods_on_a_user_model(tmp_path, method):
     assert set(res["choices"]) == {"block", "b3", "merge"}
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "pdarts"])  # across stages: tests/test_pdarts.py
 def test_every_preset_resumes_exactly_after_kill_9(tmp_path, method):
     args = ["search", f"method={method}", "epochs=2", "train_samples=96", "channels=4", "cells=1", "batch_size=32",
             "eval_samples=32", "deterministic=true", "threads=1", "progress=lines", "log_every=1", "rsps_samples=4"]

@@ -21,11 +21,13 @@ KINDS = ["nb201", "darts", "choice", "custom"]
 OPTIONS = {"partial": {"partial_channels": 2}, "edge_norm": {"edge_norm": True}, "aux_skip": {"aux_skip": True},
            "zero_one": {"zero_one_weight": 10.0}, "beta_decay": {"beta_weight": 50.0},
            "smoothing": {"sdarts_epsilon": 0.3}, "rsps": {}, "gumbel": {}, "dirichlet": {},
-           "arch_warmup": {"arch_warmup": 2}, "early_stop": {"dartsplus_max_skips": 2, "dartsplus_patience": 1},
-           "grouped_drop": {"dropnas_rate": 0.5}}
+           "arch_warmup": {"arch_warmup": 2}, "pdarts": {"pdarts": True, "pdarts_skip_drop": "0.5,0.5,0.5"},
+           "early_stop": {"dartsplus_max_skips": 2, "dartsplus_patience": 1}, "grouped_drop": {"dropnas_rate": 0.5}}
 REFUSED = {("partial", "choice"): "partial channels (PC-DARTS): the candidates of Choice",
            ("edge_norm", "choice"): "edge normalisation (PC-DARTS): the ChoiceSupernet supernet does not say",
            ("edge_norm", "custom"): "edge normalisation (PC-DARTS): the ChainSupernet supernet does not say",
+           **{("pdarts", k): "progressive search (P-DARTS): P-DARTS defines the DARTS space only"
+              for k in ("nb201", "choice", "custom")},
            ("early_stop", "choice"): "early stopping (DARTS+): the ChoiceSupernet supernet has no normal cell",
            ("early_stop", "custom"): "early stopping (DARTS+): the ChainSupernet supernet has no normal cell"}
 
@@ -138,6 +140,14 @@ def observe(name: str, model, method: Method, x) -> None:
             before = [a.detach().clone() for a in model.alphas()]
             strat.step(x, y)
             assert any(not torch.equal(a, b) for a, b in zip(model.alphas(), before, strict=True)) == moves
+    elif name == "pdarts":  # dropout on the identity skips while training, at the stage's rate (0.5 at epoch 0)
+        method.on_epoch(0, 10)
+        ident = next(c for m in mixing_edges(model) for c in m.candidate_modules() if isinstance(c, torch.nn.Identity))
+        ones = torch.ones(4, 4, 4, 4)
+        model.train()
+        assert set(ident(ones).unique().tolist()) == {0.0, 2.0}
+        model.eval()
+        assert torch.equal(ident(ones), ones)
     elif name == "smoothing":
         method.on_epoch(0, 10)
         before = {k: v.clone() for k, v in model.arch.items()}

@@ -163,3 +163,22 @@ def test_gpus_per_point_packs_points_onto_free_gpus(tmp_path, capsys, monkeypatc
     assert started[:2] == [("0,1", []), ("2,3", ["0,1"])] and len(started[2][1]) < 2
     with pytest.raises(SldartsError, match="needs at least 4 GPUs"):
         run_sweep(None, ["seed=0,1"], tmp_path, gpus=["0", "1"], gpus_per_point=4, log=lambda m: None)
+
+
+def test_darts_space_report_prints_table4_beside_the_cells(tmp_path):
+    # DARTS V2's published cell on the ImageNet network has 4.7M parameters (Liu et al., Table 3; the paper's
+    # Table 4 lists 4.7): the report counts each derived cell there and prints the paper's row beside it
+    from sldarts.spaces import get_space
+
+    v2 = get_space("darts").parse("DARTS_V2")  # a dict, as result.json holds it
+    for method in ("darts", "pcdarts"):
+        d = tmp_path / method
+        d.mkdir()
+        res = {"space": "darts", "arch_key": "genotype", "genotype": v2, "param_free_ratio": 0.125,
+               "valid_acc": 0.5, "config": {"method": method, "seed": 0, "space": "darts"}}
+        (d / "result.json").write_text(json.dumps(res))
+    md = report(tmp_path)
+    head, _, darts, pc = md.splitlines()[:4]
+    assert "paper ImageNet FLOPs (M)" in head and "ImageNet params (M)" in head
+    assert "| 4.72 ± 0.00 |" in darts and "| 574 | 4.7 | 73.3 |" in darts
+    assert "| 597 | 5.3 | 75.8 |" in pc

@@ -294,6 +294,16 @@ class SearchConfig(RunOptions, CostOptions):
                                 "size), a fully dropped group is drawn again (the paper: 3e-5)"})
     arch_warmup: int = field(default=0, metadata={**_range(0), "help": "epochs at the start in which α is not "
                              "updated, only the weights (PC-DARTS's recipe: 15)"})
+    pdarts: bool = field(default=False, metadata={
+        "help": "P-DARTS: progressive search in stages (pdarts_cells), ops pruned between stages, skip dropout"})
+    pdarts_cells: str = field(default="5,11,17", metadata={
+        "help": "P-DARTS: cells of each stage's supernet, comma-separated (each stage runs `epochs` epochs)"})
+    pdarts_keep: str = field(default="5,3", metadata={
+        "help": "P-DARTS: ops kept per edge after each stage but the last (by activated weight)"})
+    pdarts_skip_drop: str = field(default="0.1,0.4,0.7", metadata={
+        "help": "P-DARTS: dropout rate on skip connections at the start of each stage (decays over its epochs)"})
+    pdarts_max_skip: int = field(default=2, metadata={**_range(0),
+        "help": "P-DARTS: most skip connections in the final normal cell (M)"})
     parts: str = field(default="", metadata={"help": "more method parts, comma-separated: registered names or "
                        "import paths (pkg.mod:Part, file.py:Part); their options are keys too (docs/custom.md)"})
     part_options: dict = field(default_factory=dict, metadata={
@@ -395,6 +405,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "rsps": dict(optim="rsps"),  # Li & Talwalkar, UAI 2019
     "betadarts": dict(optim="bilevel", order=1, activation="softmax", beta_weight=50.0),  # Ye et al., CVPR 2022
     "sdarts": dict(optim="bilevel", order=1, activation="softmax", sdarts_epsilon=0.3),  # Chen & Hsieh, ICML 2020
+    "pdarts": dict(optim="bilevel", order=1, activation="softmax", pdarts=True, arch_warmup=10),  # Chen et al., 2019
     "dartsplus": dict(optim="bilevel", order=1, activation="softmax", dartsplus_max_skips=2,
                       dartsplus_patience=10),  # Liang et al., 2019
     "dropnas": dict(optim="single", activation="softmax", dropnas_rate=3e-5),  # Hong et al., IJCAI 2020

@@ -37,6 +37,19 @@ PAPER_TABLE3: dict[str, tuple[str, ...]] = {
 }
 PAPER_COLUMNS = [f"{NAMES[d]} {s}" for d in BENCHMARK_SETS for s in SPLITS]
 
+# The paper's Table 4 (DARTS space, ImageNet; each system's published architecture retrained, mostly after a
+# CIFAR-10 search, the single-level rows searched on ImageNet): FLOPs (M), params (M), top-1 (%). Printed beside
+# a DARTS-space sweep's derived cells, whose size is counted on the same ImageNet network (complexity).
+PAPER_TABLE4: dict[str, tuple[str, str, str]] = {
+    "darts": ("574", "4.7", "73.3"),
+    "pcdarts": ("597", "5.3", "75.8"),
+    "pdarts": ("557", "4.9", "75.6"),
+    "dartsplus": ("591", "5.1", "76.3"),
+    "dropnas": ("597", "5.4", "76.6"),
+    "single-darts": ("714", "6.60", "77.0"),  # single-level + sigmoid, best of its 3 searches
+}
+PAPER_TABLE4_COLUMNS = ["ImageNet FLOPs (M)", "ImageNet params (M)", "ImageNet top-1"]
+
 # Search settings of each method's own code where a run may differ (docs/methods.md, "differs from the
 # original"): a row whose runs set other values is marked, since the published numbers stand beside it.
 ORIGINAL: dict[str, dict[str, Any]] = {
@@ -44,6 +57,7 @@ ORIGINAL: dict[str, dict[str, Any]] = {
     "drnas": {"epochs": 100},  # DrNAS 201-space/train_search.py
     "pcdarts": {"batch_size": 256, "lr": 0.1, "arch_lr": 6e-4, "arch_warmup": 15},  # PC-DARTS train_search.py
     "betadarts": {"epochs": 100},  # its λ = 50·epoch/100 equals beta_weight·epoch/epochs only at 100 epochs
+    "pdarts": {"epochs": 25, "batch_size": 96, "arch_lr": 6e-4, "lr_min": 0.0},  # P-DARTS train_search.py, a stage
     "dropnas": {"epochs": 76, "batch_size": 96, "lr": 0.0375, "grad_clip": 3.0},  # DropNAS config.py (search)
 }
 
@@ -80,7 +94,28 @@ def metrics(result: dict[str, Any]) -> dict[str, float]:
     out = {"param-free ratio": result["param_free_ratio"]}
     if result.get("valid_acc") is not None:
         out = {"supernet acc": 100.0 * result["valid_acc"], **out}
+    if result.get("space") == "darts":  # Table 4's columns: the cell's ImageNet network (C=48, 14 cells)
+        size = imagenet_size(result)
+        if size is not None:
+            out.update({"ImageNet FLOPs (M)": size["macs_m"], "ImageNet params (M)": size["params_m"]})
     return out
+
+
+def imagenet_size(result: dict[str, Any]) -> dict[str, Any] | None:
+    """Params and MACs of a DARTS-space result's cell on ImageNet, as the paper's Table 4 counts them:
+    recorded when the search ran on ImageNet, else counted now (a few seconds a cell)."""
+    size = result.get("complexity") or {}
+    if size.get("dataset") == "imagenet" and "macs_m" in size:
+        return size
+    from sldarts.evaluate.complexity import complexity
+    from sldarts.spaces import get_space
+
+    key = result.get("arch_key") or "genotype"
+    if key not in result:
+        return None
+    space = get_space("darts")
+    counted = complexity(space, space.parse(result[key]), "imagenet")
+    return counted if "macs_m" in counted else None
 
 
 def aggregate(runs: list[dict[str, Any]]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
@@ -144,7 +179,10 @@ def _cell(v: Any, decimals: int) -> str:
 
 def markdown(varying: list[str], columns: list[str], rows: list[dict[str, Any]]) -> str:
     paper = [c for c in columns if c in PAPER_COLUMNS] if "method" in varying else []
-    head = varying + columns + [f"paper {c}" for c in paper] + ["n", "distinct cells", "modal cell"]
+    darts = "method" in varying and "ImageNet FLOPs (M)" in columns  # a DARTS-space sweep: the paper's Table 4
+    paper4 = PAPER_TABLE4_COLUMNS if darts else []
+    head = (varying + columns + [f"paper {c}" for c in paper] + [f"paper {c}" for c in paper4]
+            + ["n", "distinct cells", "modal cell"])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     modal = []
     for r in rows:
@@ -157,6 +195,7 @@ def markdown(varying: list[str], columns: list[str], rows: list[dict[str, Any]])
         mark = {"method": f"{r['method']} *"} if r.get("differs") else {}
         cells = ([mark.get(k, str(r[k])) for k in varying] + [_cell(r[c], dec(c)) for c in columns]
                  + [published[PAPER_COLUMNS.index(c)] if published else "-" for c in paper]
+                 + list(PAPER_TABLE4.get(str(r.get("method")), ("-",) * 3) if darts else ())
                  + [str(n), str(len(r["cells"])), f"C{modal.index(cell) + 1} ({found}/{n} seeds)"])
         lines.append("| " + " | ".join(cells) + " |")
     marked = [f"{r['method']} ({', '.join(r['differs'])} in its own code)" for r in rows if r.get("differs")]

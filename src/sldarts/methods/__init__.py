@@ -273,6 +273,7 @@ def _builtins() -> None:
     import sldarts.methods.dropnas
     import sldarts.methods.fairdarts
     import sldarts.methods.pcdarts
+    import sldarts.methods.pdarts
     import sldarts.methods.rsps
     import sldarts.methods.samplers
     import sldarts.methods.sdarts
