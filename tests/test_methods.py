@@ -208,7 +208,8 @@ def test_every_preset_runs_on_both_spaces(tmp_path, method, space, cells):
     assert sldarts.config.load_config(tmp_path / "r" / "config.yaml").method == method
     arch = get_arch(space, res[key])
     assert arch and 0 <= res["param_free_ratio"] <= 1
-    assert cfg["impl"] == ("fused" if method in ("single-darts", "darts", "drnas", "fairdarts", "betadarts", "sdarts")
+    assert cfg["impl"] == ("fused" if method in ("single-darts", "darts", "drnas", "fairdarts", "betadarts", "sdarts",
+                                                  "dartsplus")
                            else "reference")
     if method == "rsps":
         assert res["rsps"]["samples"] == 5 and res["rsps"]["best_score"] >= res["rsps"]["mean_score"]

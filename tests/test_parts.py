@@ -21,12 +21,15 @@ KINDS = ["nb201", "darts", "choice", "custom"]
 OPTIONS = {"partial": {"partial_channels": 2}, "edge_norm": {"edge_norm": True}, "aux_skip": {"aux_skip": True},
            "zero_one": {"zero_one_weight": 10.0}, "beta_decay": {"beta_weight": 50.0},
            "smoothing": {"sdarts_epsilon": 0.3}, "rsps": {}, "gumbel": {}, "dirichlet": {},
-           "arch_warmup": {"arch_warmup": 2}, "pdarts": {"pdarts": True, "pdarts_skip_drop": "0.5,0.5,0.5"}}
+           "arch_warmup": {"arch_warmup": 2}, "pdarts": {"pdarts": True, "pdarts_skip_drop": "0.5,0.5,0.5"},
+           "early_stop": {"dartsplus_max_skips": 2, "dartsplus_patience": 1}, "grouped_drop": {"dropnas_rate": 0.5}}
 REFUSED = {("partial", "choice"): "partial channels (PC-DARTS): the candidates of Choice",
            ("edge_norm", "choice"): "edge normalisation (PC-DARTS): the ChoiceSupernet supernet does not say",
            ("edge_norm", "custom"): "edge normalisation (PC-DARTS): the ChainSupernet supernet does not say",
            **{("pdarts", k): "progressive search (P-DARTS): P-DARTS defines the DARTS space only"
-              for k in ("nb201", "choice", "custom")}}
+              for k in ("nb201", "choice", "custom")},
+           ("early_stop", "choice"): "early stopping (DARTS+): the ChoiceSupernet supernet has no normal cell",
+           ("early_stop", "custom"): "early stopping (DARTS+): the ChainSupernet supernet has no normal cell"}
 
 
 @pytest.fixture(autouse=True)
@@ -153,6 +156,18 @@ def observe(name: str, model, method: Method, x) -> None:
         for k in w:
             assert not torch.equal(w[k], clean[k]) and torch.allclose(w[k].sum(-1), torch.ones(()))
             assert torch.equal(model.arch[k], before[k])  # α itself untouched
+    elif name == "early_stop":  # α unchanged over two epochs: a rule ends the search
+        assert method.stop_reason() is None
+        method.end_epoch(1, 10, model)
+        method.end_epoch(2, 10, model)
+        assert method.stop_reason().startswith("early_stop: ")
+    elif name == "grouped_drop":  # while training some ops of an edge are not computed, never all of them
+        model.eval()
+        full = calls_per_edge(model, x)
+        model.train()
+        draws = [calls_per_edge(model, x) for _ in range(20)]
+        assert all(0 < c <= f for d in draws for c, f in zip(d, full, strict=True))
+        assert any(c < f for d in draws for c, f in zip(d, full, strict=True))
 
 
 @pytest.mark.parametrize("kind", KINDS)

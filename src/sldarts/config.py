@@ -288,6 +288,13 @@ class SearchConfig(RunOptions, CostOptions):
                                "beta-decay loss mean(logsumexp α), growing linearly from 0 over the epochs"})
     sdarts_epsilon: float = field(default=0.0, metadata={**_range(0, 1), "help": "SDARTS-RS: final bound of "
                                   "the uniform noise on the weight step's op weights (0.03 -> it, linearly)"})
+    dartsplus_max_skips: int = field(default=0, metadata={**_range(0), "help": "DARTS+: stop once the derived "
+                                     "normal cell has this many skip connections (0: off; the paper: 2)"})
+    dartsplus_patience: int = field(default=0, metadata={**_range(0), "help": "DARTS+: stop once the op each "
+                                    "edge ranks first has not changed for this many epochs (0: off; the paper: 10)"})
+    dropnas_rate: float = field(default=0.0, metadata={**_range(0, 1), "help": "DropNAS: p_d, the probability "
+                                "that a whole op group of an edge would drop; each op drops with p_d^(1/group "
+                                "size), a fully dropped group is drawn again (the paper: 3e-5)"})
     arch_warmup: int = field(default=0, metadata={**_range(0), "help": "epochs at the start in which α is not "
                              "updated, only the weights (PC-DARTS's recipe: 15)"})
     pdarts: bool = field(default=False, metadata={
@@ -402,6 +409,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "betadarts": dict(optim="bilevel", order=1, activation="softmax", beta_weight=50.0),  # Ye et al., CVPR 2022
     "sdarts": dict(optim="bilevel", order=1, activation="softmax", sdarts_epsilon=0.3),  # Chen & Hsieh, ICML 2020
     "pdarts": dict(optim="bilevel", order=1, activation="softmax", pdarts=True, arch_warmup=10),  # Chen et al., 2019
+    "dartsplus": dict(optim="bilevel", order=1, activation="softmax", dartsplus_max_skips=2,
+                      dartsplus_patience=10),  # Liang et al., 2019
+    "dropnas": dict(optim="single", activation="softmax", dropnas_rate=3e-5),  # Hong et al., IJCAI 2020
 }
 
 

@@ -8,7 +8,10 @@ A part (:mod:`sldarts.methods`) never subclasses a space's edge; it sets these a
   weights are added as they are (zero in value) so that their gradient still reaches α, as GDAS does;
 - ``partial`` = K with ``bypass`` (PC-DARTS): the candidates (rebuilt for C/K channels) see the first C/K
   channels; the rest bypass the edge (max-pooled when it reduces) and a channel shuffle mixes the two;
-- ``aux`` with ``aux_coef`` (DARTS-): a skip connection outside the weights, scaled by the coefficient.
+- ``aux`` with ``aux_coef`` (DARTS-): a skip connection outside the weights, scaled by the coefficient;
+- ``drop`` (DropNAS): while training, a function giving the candidates kept this forward (a list of bools);
+  dropped ones are not computed and the kept ones' weights are renormalised to sum 1 (the softmax over the
+  kept ops), so a dropped op's α gets no gradient.
 
 What a part may rebuild is declared by the edge: ``make(channels)`` (the candidates for another channel
 count) and ``stride``/``channels``; an edge without ``make`` has candidates that only its author can change.
@@ -56,6 +59,7 @@ class Mixing(nn.Module):
         self.bypass: nn.Module | None = None
         self.aux: nn.Module | None = None
         self.aux_coef = 0.0
+        self.drop: Callable[[], list[bool]] | None = None
 
     def candidate_modules(self) -> list[nn.Module]:
         raise NotImplementedError
@@ -69,8 +73,16 @@ class Mixing(nn.Module):
         if self.hard and weights is not None:
             k = int(weights.argmax())
             return weights[k] * ops[k](*args, **kwargs) + (weights.sum() - weights[k])
+        live = self._live
+        if self.drop is not None and self.training and weights is not None:
+            keep = self.drop()
+            kept = [k for k in range(len(ops)) if keep[k]]
+            weights = weights / weights[kept].sum()
+            live = [k for k in live if keep[k]]
+            if not live:  # only `none` kept: zeros of the output shape
+                return ops[kept[0]](*args, **kwargs)
         out = None
-        for k in self._live:
+        for k in live:
             y = ops[k](*args, **kwargs)
             y = y / len(ops) if weights is None else weights[k] * y
             out = y if out is None else out + y

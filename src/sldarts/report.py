@@ -58,6 +58,7 @@ ORIGINAL: dict[str, dict[str, Any]] = {
     "pcdarts": {"batch_size": 256, "lr": 0.1, "arch_lr": 6e-4, "arch_warmup": 15},  # PC-DARTS train_search.py
     "betadarts": {"epochs": 100},  # its λ = 50·epoch/100 equals beta_weight·epoch/epochs only at 100 epochs
     "pdarts": {"epochs": 25, "batch_size": 96, "arch_lr": 6e-4, "lr_min": 0.0},  # P-DARTS train_search.py, a stage
+    "dropnas": {"epochs": 76, "batch_size": 96, "lr": 0.0375, "grad_clip": 3.0},  # DropNAS config.py (search)
 }
 
 

@@ -269,6 +269,8 @@ def _builtins() -> None:
     """Import the built-in part modules (each registers its parts)."""
     import sldarts.methods.betadarts
     import sldarts.methods.dartsminus
+    import sldarts.methods.dartsplus
+    import sldarts.methods.dropnas
     import sldarts.methods.fairdarts
     import sldarts.methods.pcdarts
     import sldarts.methods.pdarts
