@@ -199,6 +199,10 @@ def test_rsps_samples_uniformly_and_derives_the_best_scored():
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_preset_runs_on_both_spaces(tmp_path, method, space, cells):
     # the tiny run: epochs=1 train_samples=256 channels=4, cells=1 (NB201) or 3 (DARTS)
+    if (method, space) == ("enas", "darts"):  # its controller samples one op per α row: refused in one line
+        with pytest.raises(SldartsError, match="ENAS controller: the DartsSupernet's architectures are not one op"):
+            sldarts.search(method=method, space=space, cells=cells, out=str(tmp_path / "r"), **TINY)
+        return
     res = sldarts.search(method=method, space=space, cells=cells, out=str(tmp_path / "r"),
                          **{**TINY, "train_samples": 256, "batch_size": 64})
     cfg = res["config"]
@@ -208,10 +212,12 @@ def test_every_preset_runs_on_both_spaces(tmp_path, method, space, cells):
     assert sldarts.config.load_config(tmp_path / "r" / "config.yaml").method == method
     arch = get_arch(space, res[key])
     assert arch and 0 <= res["param_free_ratio"] <= 1
-    assert cfg["impl"] == ("fused" if method in ("single-darts", "darts", "drnas", "fairdarts", "betadarts", "sdarts")
-                           else "reference")
-    if method == "rsps":
-        assert res["rsps"]["samples"] == 5 and res["rsps"]["best_score"] >= res["rsps"]["mean_score"]
+    fused = ("single-darts", "darts", "drnas", "fairdarts", "betadarts", "sdarts", "setn")
+    assert cfg["impl"] == ("fused" if method in fused else "reference")
+    if method in ("rsps", "setn", "enas"):  # the architecture chosen by scores: its record
+        rec = res[method]
+        assert rec["samples"] == {"rsps": 5, "setn": 100, "enas": 10}[method]
+        assert rec["best_score"] >= rec["mean_score"]
 
 
 def get_arch(space: str, arch):
@@ -220,7 +226,7 @@ def get_arch(space: str, arch):
     return get_space(space).parse(arch)
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("rsps", "single-darts")])
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("rsps", "enas", "single-darts")])
 def test_presets_combine_with_single_level(tmp_path, method):
     res = sldarts.search(method=method, optim="single", cells=1, out=str(tmp_path / "r"), **TINY)
     assert (res["config"]["optim"], res["config"]["order"], res["config"]["method"]) == ("single", 1, method)
@@ -230,6 +236,8 @@ def test_presets_combine_with_single_level(tmp_path, method):
 def test_refused_combinations_are_one_line():
     with pytest.raises(SldartsError, match="method=rsps with optim=bilevel makes no sense"):
         load_config(None, {"method": "rsps", "optim": "bilevel"})
+    with pytest.raises(SldartsError, match="method=enas with optim=single makes no sense: ENAS trains"):
+        load_config(None, {"method": "enas", "optim": "single"})
     with pytest.raises(SldartsError, match="did you mean 'gdas'"):
         load_config(None, {"method": "gdsa"})
     with pytest.raises(SldartsError, match="partial_channels=3 must divide"):

@@ -285,6 +285,18 @@ class SearchConfig(RunOptions, CostOptions):
                                "beta-decay loss mean(logsumexp α), growing linearly from 0 over the epochs"})
     sdarts_epsilon: float = field(default=0.0, metadata={**_range(0, 1), "help": "SDARTS-RS: final bound of "
                                   "the uniform noise on the weight step's op weights (0.03 -> it, linearly)"})
+    setn_samples: int = field(default=0, metadata={**_range(0), "help": "SETN: templates drawn from α's "
+                              "distribution and scored at the end (0: off; its preset: 100)"})
+    setn_batches: int = field(default=1, metadata={**_range(1),
+                              "help": "SETN: validation batches each template is scored on"})
+    enas_samples: int = field(default=10, metadata={**_range(1), "help": "ENAS: controller samples scored at the end"})
+    enas_batches: int = field(default=1, metadata={**_range(1),
+                              "help": "ENAS: validation batches each sample is scored on"})
+    enas_lr: float = field(default=0.001, metadata={**_range(0, lo_open=True), "help": "ENAS: controller Adam lr"})
+    enas_entropy: float = field(default=1e-4, metadata={**_range(0),
+                                "help": "ENAS: weight of the controller's entropy bonus"})
+    enas_baseline_decay: float = field(default=0.95, metadata={**_range(0, 1),
+                                       "help": "ENAS: decay of the reward's moving-average baseline"})
     arch_warmup: int = field(default=0, metadata={**_range(0), "help": "epochs at the start in which α is not "
                              "updated, only the weights (PC-DARTS's recipe: 15)"})
     parts: str = field(default="", metadata={"help": "more method parts, comma-separated: registered names or "
@@ -388,6 +400,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "rsps": dict(optim="rsps"),  # Li & Talwalkar, UAI 2019
     "betadarts": dict(optim="bilevel", order=1, activation="softmax", beta_weight=50.0),  # Ye et al., CVPR 2022
     "sdarts": dict(optim="bilevel", order=1, activation="softmax", sdarts_epsilon=0.3),  # Chen & Hsieh, ICML 2020
+    "setn": dict(optim="bilevel", order=1, activation="softmax", setn_samples=100),  # Dong & Yang, NeurIPS 2019
+    "enas": dict(optim="enas"),  # Pham et al., ICML 2018
 }
 
 
@@ -403,10 +417,13 @@ def expand_method(values: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
         return values
     _check_method(str(method))
     preset = METHODS[str(method)]
-    if "optim" in explicit and preset.get("optim", values["optim"]) != values["optim"] and \
-            "rsps" in (values["optim"], preset.get("optim")):
-        raise SldartsError(f"config: method={method} with optim={values['optim']} makes no sense: RSPS trains "
-                           "sampled architectures and no α; use one or the other")
+    if "optim" in explicit and preset.get("optim", values["optim"]) != values["optim"]:
+        why = {"rsps": "RSPS trains sampled architectures and no α",
+               "enas": "ENAS trains sampled architectures and a controller by REINFORCE, no α"}
+        for opt in (values["optim"], preset.get("optim")):
+            if opt in why:
+                raise SldartsError(f"config: method={method} with optim={values['optim']} makes no sense: "
+                                   f"{why[opt]}; use one or the other")
     out = dict(values)
     for k, v in preset.items():
         if k not in explicit:

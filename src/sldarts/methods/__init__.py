@@ -269,11 +269,13 @@ def _builtins() -> None:
     """Import the built-in part modules (each registers its parts)."""
     import sldarts.methods.betadarts
     import sldarts.methods.dartsminus
+    import sldarts.methods.enas
     import sldarts.methods.fairdarts
     import sldarts.methods.pcdarts
     import sldarts.methods.rsps
     import sldarts.methods.samplers
     import sldarts.methods.sdarts
+    import sldarts.methods.setn
     import sldarts.methods.warmup  # noqa: F401
 
 
