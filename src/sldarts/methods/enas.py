@@ -4,7 +4,8 @@ NAS-Bench-201 as AutoDL-Projects' ENAS runs it. An LSTM controller (hidden 32, 2
 next input). Each step of the strategy ``optim=enas`` trains the shared weights on one controller sample
 (training batch), then steps the controller by REINFORCE on an α batch: reward R = accuracy of a fresh
 sample with the shared weights, baseline b ← d·b + (1 − d)·R (d = ``enas_baseline_decay``; b starts at the
-first R), loss −(R − b)·Σ log p − λ·Σ H (λ = ``enas_entropy``), Adam (lr ``enas_lr``), gradient norm clipped
+first R), loss −(R − b)·Σ log p − λ·Σ H (λ = ``enas_entropy``), Adam (lr ``enas_lr``, betas (0, 0.999), eps
+0.001), gradient norm clipped
 at 5. At the end ``enas_samples`` controller samples are scored on the same first ``enas_batches`` validation
 batches and the best is derived. The controller's parameters are neither α nor weights: they live in this
 part, with its optimiser and baseline (saved in every checkpoint).
@@ -125,7 +126,8 @@ class Enas(Part):
                              "not sample); use space=nb201")
             self.shapes = {k: w.shape for k, w in one.items()}
             self.controller = Controller(sum(len(r) for r in rows.values()), next(iter(rows.values())).shape[-1])
-        self.opt = torch.optim.Adam(self.controller.parameters(), lr=self.opts.enas_lr)
+        # AutoDL-Projects' ENAS.config: betas (0, 0.999), eps 0.001
+        self.opt = torch.optim.Adam(self.controller.parameters(), lr=self.opts.enas_lr, betas=(0.0, 0.999), eps=1e-3)
 
     def _on(self, model: Supernet) -> Controller:
         assert self.controller is not None
