@@ -27,17 +27,17 @@ def test_setn_templates_follow_alpha_and_the_best_scored_is_selected():
     w = sample_from(darts, {"normal": torch.full((14, len(DOPS)), 1 / len(DOPS))}, True)["normal"]
     assert w[:, 0].sum() == 0 and w.sum() == 8 and all(w[a:b].sum() == 2 for a, b in darts.node_groups())
 
-    part = Setn(SetnOptions(setn_samples=12, setn_batches=2))
+    part = Setn(SetnOptions(setn_samples=8, setn_batches=2))
     part.adapt(net)
     assert not part.two_inputs and keeps_inputs(darts)
-    batches = [(torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))) for _ in range(3)]
+    batches = [(torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))) for _ in range(3)]
     asked = []
     best, rec = part.select(net, lambda n: asked.append(n) or batches[:n], seed=5)
-    assert asked == [2] and rec["setn"]["samples"] == 12
-    # the same 12 templates by hand (the seed's stream), each scored on the two batches with batch statistics
+    assert asked == [2] and rec["setn"]["samples"] == 8
+    # the same 8 templates by hand (the seed's stream), each scored on the two batches with batch statistics
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(5)
-        drawn = [part.draw(net) for _ in range(12)]
+        drawn = [part.draw(net) for _ in range(8)]
     scores = [enas_mod.accuracy_of(net, d, batches[:2]) for d in drawn]
     assert rec["setn"]["best_score"] == max(scores)
     assert torch.equal(best["cell"], drawn[scores.index(max(scores))]["cell"])
