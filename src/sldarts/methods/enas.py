@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.distributions import Categorical
 
 from sldarts.methods import Part, refuse, register
+from sldarts.methods.rsps import best_of
 from sldarts.spaces.base import Supernet
-from sldarts.strategies import select_architecture
 
 
 @dataclass
@@ -173,11 +173,10 @@ class Enas(Part):
     def select(self, model: Supernet, valid_batches: Callable[[int], list[tuple[Tensor, Tensor]]], seed: int
                ) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """(the best of ``enas_samples`` controller samples, what to record)."""
-        batches = valid_batches(self.opts.enas_batches)
-        weights, scores = select_architecture(model, batches, self.opts.enas_samples, seed,
-                                              draw=lambda: self.sample(model))
-        return weights, {"enas": {"samples": len(scores), "best_score": max(scores),
-                                  "mean_score": sum(scores) / len(scores), "baseline": self.baseline}}
+        weights, rec = best_of(self.name, model, valid_batches(self.opts.enas_batches), self.opts.enas_samples,
+                               seed, lambda: self.sample(model))
+        rec[self.name]["baseline"] = self.baseline
+        return weights, rec
 
     def state_dict(self) -> dict[str, Any]:
         assert self.controller is not None and self.opt is not None

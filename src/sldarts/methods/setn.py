@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from sldarts.methods import Part, refuse, register
+from sldarts.methods.rsps import best_of
 from sldarts.spaces.base import Supernet
-from sldarts.strategies import select_architecture
 
 
 @dataclass
@@ -88,8 +88,5 @@ class Setn(Part):
     def select(self, model: Supernet, valid_batches: Callable[[int], list[tuple[Tensor, Tensor]]], seed: int
                ) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """(the best-scored template's one-hot weights, what to record) instead of derivation from α."""
-        batches = valid_batches(self.opts.setn_batches)
-        weights, scores = select_architecture(model, batches, self.opts.setn_samples, seed,
-                                              draw=lambda: self.draw(model))
-        return weights, {"setn": {"samples": len(scores), "best_score": max(scores),
-                                  "mean_score": sum(scores) / len(scores)}}
+        return best_of(self.name, model, valid_batches(self.opts.setn_batches), self.opts.setn_samples, seed,
+                       lambda: self.draw(model))
