@@ -25,6 +25,7 @@ from sldarts.strategies import RandomSampling, SingleLevel, make_optimizers
 
 TINY = dict(epochs=1, train_samples=64, batch_size=32, eval_samples=32, channels=4, progress="none",
             rsps_samples=5)
+FEW = {"setn": {"setn_samples": 5}, "enas": {"enas_samples": 5}}  # architectures scored at the end (100, 10)
 
 
 def test_gdas_hard_sample_is_one_hot_and_passes_the_soft_gradient():
@@ -199,20 +200,25 @@ def test_rsps_samples_uniformly_and_derives_the_best_scored():
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "pdarts"])  # its stages: tests/test_pdarts.py
 def test_every_preset_runs_on_both_spaces(tmp_path, method, space, cells):
     # the tiny run: epochs=1 train_samples=256 channels=4, cells=1 (NB201) or 3 (DARTS)
+    if (method, space) == ("enas", "darts"):  # its controller samples one op per α row: refused in one line
+        with pytest.raises(SldartsError, match="ENAS controller: the DartsSupernet's architectures are not one op"):
+            sldarts.search(method=method, space=space, cells=cells, out=str(tmp_path / "r"), **TINY)
+        return
     res = sldarts.search(method=method, space=space, cells=cells, out=str(tmp_path / "r"),
-                         **{**TINY, "train_samples": 256, "batch_size": 64})
+                         **{**TINY, "train_samples": 256, "batch_size": 64, **FEW.get(method, {})})
     cfg = res["config"]
-    for k, v in METHODS[method].items():
+    for k, v in {**METHODS[method], **FEW.get(method, {})}.items():
         assert cfg[k] == v  # written expanded into config.yaml
     key = res["arch_key"]
     assert sldarts.config.load_config(tmp_path / "r" / "config.yaml").method == method
     arch = get_arch(space, res[key])
     assert arch and 0 <= res["param_free_ratio"] <= 1
-    assert cfg["impl"] == ("fused" if method in ("single-darts", "darts", "drnas", "fairdarts", "betadarts", "sdarts",
-                                                  "dartsplus")
-                           else "reference")
-    if method == "rsps":
-        assert res["rsps"]["samples"] == 5 and res["rsps"]["best_score"] >= res["rsps"]["mean_score"]
+    fused = ("single-darts", "darts", "drnas", "fairdarts", "betadarts", "sdarts", "setn", "dartsplus")
+    assert cfg["impl"] == ("fused" if method in fused else "reference")
+    if method in ("rsps", "setn", "enas"):  # the architecture chosen by scores: its record
+        rec = res[method]
+        assert rec["samples"] == 5
+        assert rec["best_score"] >= rec["mean_score"]
 
 
 def get_arch(space: str, arch):
@@ -221,7 +227,7 @@ def get_arch(space: str, arch):
     return get_space(space).parse(arch)
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("rsps", "single-darts", "pdarts")])
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("rsps", "enas", "single-darts", "pdarts")])
 def test_presets_combine_with_single_level(tmp_path, method):
     res = sldarts.search(method=method, optim="single", cells=1, out=str(tmp_path / "r"), **TINY)
     assert (res["config"]["optim"], res["config"]["order"], res["config"]["method"]) == ("single", 1, method)
@@ -237,6 +243,8 @@ def test_a_copy_keeps_keys_given_over_a_preset():
 def test_refused_combinations_are_one_line():
     with pytest.raises(SldartsError, match="method=rsps with optim=bilevel makes no sense"):
         load_config(None, {"method": "rsps", "optim": "bilevel"})
+    with pytest.raises(SldartsError, match="method=enas with optim=single makes no sense: ENAS trains"):
+        load_config(None, {"method": "enas", "optim": "single"})
     with pytest.raises(SldartsError, match="did you mean 'gdas'"):
         load_config(None, {"method": "gdsa"})
     with pytest.raises(SldartsError, match="partial_channels=3 must divide"):
@@ -256,6 +264,7 @@ def test_methods_on_a_user_model(tmp_path, method):
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "pdarts"])  # across stages: tests/test_pdarts.py
 def test_every_preset_resumes_exactly_after_kill_9(tmp_path, method):
     args = ["search", f"method={method}", "epochs=2", "train_samples=96", "channels=4", "cells=1", "batch_size=32",
-            "eval_samples=32", "deterministic=true", "threads=1", "progress=lines", "log_every=1", "rsps_samples=4"]
+            "eval_samples=32", "deterministic=true", "threads=1", "progress=lines", "log_every=1", "rsps_samples=4",
+            *[f"{k}=4" for k in FEW.get(method, {})]]
     full, part = killed_and_resumed(args, tmp_path)
     assert full["arch"] == part["arch"]

@@ -295,6 +295,18 @@ class SearchConfig(RunOptions, CostOptions):
     dropnas_rate: float = field(default=0.0, metadata={**_range(0, 1), "help": "DropNAS: p_d, the probability "
                                 "that a whole op group of an edge would drop; each op drops with p_d^(1/group "
                                 "size), a fully dropped group is drawn again (the paper: 3e-5)"})
+    setn_samples: int = field(default=0, metadata={**_range(0), "help": "SETN: templates drawn from α's "
+                              "distribution and scored at the end (0: off; its preset: 100)"})
+    setn_batches: int = field(default=1, metadata={**_range(1),
+                              "help": "SETN: validation batches each template is scored on"})
+    enas_samples: int = field(default=10, metadata={**_range(1), "help": "ENAS: controller samples scored at the end"})
+    enas_batches: int = field(default=1, metadata={**_range(1),
+                              "help": "ENAS: validation batches each sample is scored on"})
+    enas_lr: float = field(default=0.001, metadata={**_range(0, lo_open=True), "help": "ENAS: controller Adam lr"})
+    enas_entropy: float = field(default=1e-4, metadata={**_range(0),
+                                "help": "ENAS: weight of the controller's entropy bonus"})
+    enas_baseline_decay: float = field(default=0.95, metadata={**_range(0, 1),
+                                       "help": "ENAS: decay of the reward's moving-average baseline"})
     arch_warmup: int = field(default=0, metadata={**_range(0), "help": "epochs at the start in which α is not "
                              "updated, only the weights (PC-DARTS's recipe: 15)"})
     pdarts: bool = field(default=False, metadata={
@@ -412,6 +424,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "dartsplus": dict(optim="bilevel", order=1, activation="softmax", dartsplus_max_skips=2,
                       dartsplus_patience=10),  # Liang et al., 2019
     "dropnas": dict(optim="single", activation="softmax", dropnas_rate=3e-5),  # Hong et al., IJCAI 2020
+    "setn": dict(optim="bilevel", order=1, activation="softmax", setn_samples=100),  # Dong & Yang, NeurIPS 2019
+    "enas": dict(optim="enas"),  # Pham et al., ICML 2018
 }
 
 
@@ -427,10 +441,13 @@ def expand_method(values: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
         return values
     _check_method(str(method))
     preset = METHODS[str(method)]
-    if "optim" in explicit and preset.get("optim", values["optim"]) != values["optim"] and \
-            "rsps" in (values["optim"], preset.get("optim")):
-        raise SldartsError(f"config: method={method} with optim={values['optim']} makes no sense: RSPS trains "
-                           "sampled architectures and no α; use one or the other")
+    if "optim" in explicit and preset.get("optim", values["optim"]) != values["optim"]:
+        why = {"rsps": "RSPS trains sampled architectures and no α",
+               "enas": "ENAS trains sampled architectures and a controller by REINFORCE, no α"}
+        for opt in (values["optim"], preset.get("optim")):
+            if opt in why:
+                raise SldartsError(f"config: method={method} with optim={values['optim']} makes no sense: "
+                                   f"{why[opt]}; use one or the other")
     out = dict(values)
     for k, v in preset.items():
         if k not in explicit:

@@ -34,6 +34,8 @@ PAPER_TABLE3: dict[str, tuple[str, ...]] = {
     "darts-minus": ("91.03 ± 0.44", "93.80 ± 0.40", "71.36 ± 1.51", "71.53 ± 1.51", "44.87 ± 1.46", "45.12 ± 0.82"),
     "single-darts": ("91.55 ± 0.00", "94.36 ± 0.00", "73.49 ± 0.00", "73.51 ± 0.00", "44.87 ± 0.00",
                      "46.34 ± 0.00"),
+    "setn": ("82.25 ± 5.17", "86.19 ± 4.63", "56.86 ± 7.59", "56.87 ± 7.77", "32.54 ± 3.63", "31.90 ± 4.07"),
+    "enas": ("39.77 ± 0.00", "54.30 ± 0.00", "15.03 ± 0.00", "15.61 ± 0.00", "16.43 ± 0.00", "16.32 ± 0.00"),
 }
 PAPER_COLUMNS = [f"{NAMES[d]} {s}" for d in BENCHMARK_SETS for s in SPLITS]
 
@@ -59,6 +61,8 @@ ORIGINAL: dict[str, dict[str, Any]] = {
     "betadarts": {"epochs": 100},  # its λ = 50·epoch/100 equals beta_weight·epoch/epochs only at 100 epochs
     "pdarts": {"epochs": 25, "batch_size": 96, "arch_lr": 6e-4, "lr_min": 0.0},  # P-DARTS train_search.py, a stage
     "dropnas": {"epochs": 76, "batch_size": 96, "lr": 0.0375, "grad_clip": 3.0},  # DropNAS config.py (search)
+    "setn": {"epochs": 250},  # AutoDL-Projects' NB201 SETN.config
+    "enas": {"epochs": 310, "lr": 0.05, "weight_decay": 0.00025, "batch_size": 128},  # its NB201 ENAS.config
 }
 
 

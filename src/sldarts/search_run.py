@@ -398,10 +398,10 @@ def search(config: SearchConfig | None = None, *, model: torch.nn.Module | None 
     if overrides:
         cfg = load_config(None, overrides, base=base)
     objects = dict(model=model, train_data=train_data, valid_data=valid_data, test_data=test_data, **fns)
-    if cfg.pdarts:  # P-DARTS: the stages as searches of their own (sldarts.methods.pdarts)
-        from sldarts.methods.pdarts import pdarts_search
+    if cfg.pdarts:  # P-DARTS: the stages as searches of their own (sldarts.stages)
+        from sldarts.stages import pdarts_search
 
-        return pdarts_search(cfg, **objects)
+        return pdarts_search(cfg, SearchRun, **objects)
     return auto_lr_search(cfg, **objects) if cfg.auto_lr else SearchRun(cfg, **objects).run()
 
 

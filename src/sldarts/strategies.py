@@ -317,11 +317,13 @@ class RandomSampling(Strategy):
 
 
 @torch.no_grad()
-def select_architecture(model: Supernet, batches: list[tuple[Tensor, Tensor]], samples: int, seed: int
-           ) -> tuple[dict[str, Tensor], list[float]]:
-    """(the best of ``samples`` uniformly drawn architectures as one-hot weights, every one's accuracy),
-    each scored on the same ``batches`` with batch statistics (the shared running statistics belong to no
-    single architecture); BN buffers and the global RNG are left as they were."""
+def select_architecture(model: Supernet, batches: list[tuple[Tensor, Tensor]], samples: int, seed: int,
+                        draw: Callable[[], dict[str, Tensor]] | None = None
+                        ) -> tuple[dict[str, Tensor], list[float]]:
+    """(the best of ``samples`` architectures drawn by ``draw`` (uniformly: ``model.sample_weights``) as
+    one-hot weights, every one's accuracy), each scored on the same ``batches`` with batch statistics (the
+    shared running statistics belong to no single architecture); BN buffers and the global RNG are left as
+    they were."""
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     was = model.training
     model.train()
@@ -331,7 +333,7 @@ def select_architecture(model: Supernet, batches: list[tuple[Tensor, Tensor]], s
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for _ in range(samples):
-                w = model.sample_weights()
+                w = (draw or model.sample_weights)()
                 hits = sum(int((model(x, weights=w).argmax(1) == y).sum()) for x, y in batches)
                 scores.append(hits / max(sum(len(y) for _, y in batches), 1))
                 if scores[-1] > max(scores[:-1], default=-1.0):
@@ -343,8 +345,33 @@ def select_architecture(model: Supernet, batches: list[tuple[Tensor, Tensor]], s
     return best, scores
 
 
+class EnasStrategy(Strategy):
+    """ENAS (Pham et al., ICML 2018): the shared weights train on an architecture the controller samples
+    (training batch), then the controller takes one REINFORCE step on an α batch (:mod:`sldarts.methods.enas`,
+    the part that holds it). α is never updated."""
+
+    name = "enas"
+    optim = "enas"
+    needs_arch_batch = True
+
+    def step(self, x: Tensor, y: Tensor, arch_batch: Callable[[], Batch] | None = None) -> StepOutput:
+        assert arch_batch is not None, "ENAS rewards its controller on α batches"
+        part = self.method.get("enas") if self.method is not None else None
+        if part is None:
+            raise SldartsError("optim=enas needs the ENAS part (method=enas)")
+        self.w_opt.zero_grad(set_to_none=True)
+        loss, logits = self.loss(x, y, weights=part.sample(self.model))  # type: ignore[attr-defined]
+        loss.backward()
+        if self._bad(loss, self.model.weights()):
+            return self._skip(x)
+        self._w_step()
+        out = self._out(loss, logits, y)
+        part.reinforce(self.model, arch_batch())  # type: ignore[attr-defined]
+        return out
+
+
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", group="sldarts.strategies")
-for _cls in (SingleLevel, FirstOrder, SecondOrder, RandomSampling):
+for _cls in (SingleLevel, FirstOrder, SecondOrder, RandomSampling, EnasStrategy):
     STRATEGIES.register(_cls)
 
 

@@ -271,12 +271,14 @@ def _builtins() -> None:
     import sldarts.methods.dartsminus
     import sldarts.methods.dartsplus
     import sldarts.methods.dropnas
+    import sldarts.methods.enas
     import sldarts.methods.fairdarts
     import sldarts.methods.pcdarts
     import sldarts.methods.pdarts
     import sldarts.methods.rsps
     import sldarts.methods.samplers
     import sldarts.methods.sdarts
+    import sldarts.methods.setn
     import sldarts.methods.warmup  # noqa: F401
 
 

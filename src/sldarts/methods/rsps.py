@@ -47,8 +47,12 @@ class RandomSampling(Part):
                ) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """(the best architecture's one-hot weights, what to record) instead of derivation from α: every
         drawn architecture is scored on the same first ``rsps_batches`` validation batches."""
-        batches = valid_batches(self.opts.rsps_batches)
-        weights, scores = select_architecture(model, batches, self.opts.rsps_samples, seed)
-        return weights, {"rsps": {"samples": len(scores), "best_score": max(scores),
-                                  "mean_score": sum(scores) / len(scores)}}
+        return best_of(self.name, model, valid_batches(self.opts.rsps_batches), self.opts.rsps_samples, seed)
+
+
+def best_of(name: str, model: Supernet, batches: list[tuple[Tensor, Tensor]], samples: int, seed: int,
+            draw: Callable[[], dict[str, Tensor]] | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(the best of ``samples`` drawn architectures, the record under ``name``): RSPS, SETN, ENAS."""
+    weights, scores = select_architecture(model, batches, samples, seed, draw)
+    return weights, {name: {"samples": len(scores), "best_score": max(scores), "mean_score": sum(scores) / len(scores)}}
 

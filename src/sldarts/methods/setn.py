@@ -1,0 +1,92 @@
+"""SETN (Dong & Yang, "One-shot neural architecture search via self-evaluated template network", NeurIPS
+2019). The weight step trains one uniformly drawn architecture (as RSPS: ``model.sample_weights()``); the α
+step (bi-level, on α batches) trains α on the softmax-weighted supernet. At the end ``setn_samples``
+templates are drawn from α's distribution (per edge, an op from the activated α), each is scored on the same
+first ``setn_batches`` validation batches with the shared weights, and the best is derived.
+
+In the DARTS space a template also needs two inputs per node: each edge draws its op from α restricted to
+the ops that are not ``none``, and each node keeps two distinct incoming edges drawn without replacement in
+proportion to their mass outside ``none`` (DARTS's derivation ranks edges the same way, by their strongest
+op). Under ``optim=single`` α's gradient comes from the softmax supernet and w's from a uniform sample of the
+same batch (two forward passes, as SDARTS under single-level)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sldarts.methods import Part, refuse, register
+from sldarts.methods.rsps import best_of
+from sldarts.spaces.base import Supernet
+
+
+@dataclass
+class SetnOptions:
+    setn_samples: int = field(default=0, metadata={"range": (0, None, False), "help": "SETN: templates drawn "
+                              "from α's distribution and scored at the end (0: off; its preset: 100)"})
+    setn_batches: int = field(default=1, metadata={"range": (1, None, False),
+                                                   "help": "SETN: validation batches each template is scored on"})
+
+
+def keeps_inputs(model: Supernet) -> bool:
+    """Whether the space's architectures keep some edges of a node and drop the others (DARTS: two inputs per
+    node), which a uniform draw shows as rows without any op; the run's random stream is not touched."""
+    with torch.random.fork_rng(devices=[]):
+        return any(bool((w.reshape(-1, w.shape[-1]).sum(1) == 0).any()) for w in model.sample_weights().values())
+
+
+def sample_from(model: Supernet, probs: dict[str, Tensor], two_inputs: bool = False) -> dict[str, Tensor]:
+    """One architecture drawn from per-row op probabilities ``probs`` (keys of ``model.arch``), as one-hot
+    weights; ``two_inputs``: two edges per node of ``model.node_groups()`` (see the module docstring)."""
+    groups = model.node_groups() if two_inputs else None
+    names = tuple(getattr(model, "op_names", ()) or ())
+    out = {}
+    for k, p in probs.items():
+        p = p.detach().float().reshape(-1, p.shape[-1]).clamp_min(0)
+        w = torch.zeros_like(p)
+        if groups is None:
+            idx = torch.multinomial(p + 1e-12, 1).flatten()
+            w[torch.arange(len(p)), idx] = 1.0
+        else:
+            if "none" in names:
+                p[:, names.index("none")] = 0.0
+            for a, b in groups:
+                mass = p[a:b].sum(1) + 1e-12
+                for j in torch.multinomial(mass, min(2, b - a)).tolist():
+                    w[a + j, int(torch.multinomial(p[a + j] + 1e-12, 1))] = 1.0
+        out[k] = w.reshape(probs[k].shape)
+    return out
+
+
+@register
+class Setn(Part):
+    name = "setn"
+    title = "self-evaluated templates (SETN)"
+    Options = SetnOptions
+    on = "setn_samples"
+    order = 6
+    two_inputs = False
+
+    def adapt(self, model: Supernet) -> None:
+        if type(model).sample_weights is Supernet.sample_weights:
+            raise refuse(self.title, f"the {type(model).__name__} supernet cannot draw an architecture uniformly "
+                         "(no sample_weights()); use another method")
+        self.two_inputs = keeps_inputs(model)
+
+    def weight_step_weights(self, model: Supernet) -> dict[str, Tensor] | None:
+        return model.sample_weights()
+
+    def draw(self, model: Supernet) -> dict[str, Tensor]:
+        """A template from α's distribution (the activated α per edge)."""
+        with torch.no_grad():
+            return sample_from(model, {k: model.activation(a) for k, a in model.arch.items()}, self.two_inputs)
+
+    def select(self, model: Supernet, valid_batches: Callable[[int], list[tuple[Tensor, Tensor]]], seed: int
+               ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """(the best-scored template's one-hot weights, what to record) instead of derivation from α."""
+        return best_of(self.name, model, valid_batches(self.opts.setn_batches), self.opts.setn_samples, seed,
+                       lambda: self.draw(model))

@@ -1,0 +1,89 @@
+"""P-DARTS's stages (Chen et al., ICCV 2019) as searches of their own, in ``OUT/stage1``, ``OUT/stage2``, ...:
+a run driver beside :mod:`sldarts.search_run` (which passes its run class in), so that the method part
+(:mod:`sldarts.methods.pdarts`) stays below the loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sldarts.errors import SldartsError
+from sldarts.methods.pdarts import PdartsOptions, Progressive, prune, skip_cap, stage_plan
+
+
+def _stage_weights(run_dir: Path) -> dict[str, Tensor]:
+    """The activated α of a finished stage (its last metrics row)."""
+    from sldarts.rundir import read_metrics
+
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "weights" in r]
+    return {k: torch.tensor(v) for k, v in rows[-1]["weights"].items()}
+
+
+def _stage_run(base: type) -> type:
+    """A search run whose P-DARTS part knows its stage and kept ops before the supernet is built."""
+
+    class StageRun(base):
+        def __init__(self, cfg: Any, *, stage: int, keep: dict[str, list[list[int]]], **objects: Any) -> None:
+            self._stage = (stage, keep)
+            super().__init__(cfg, **objects)
+
+        def build(self) -> None:
+            part = self.method.get("pdarts")
+            if not isinstance(part, Progressive):
+                raise SldartsError("pdarts: the stage's method has no P-DARTS part; keep pdarts=true")
+            part.stage, part.keep = self._stage
+            super().build()
+
+    return StageRun
+
+
+def pdarts_search(cfg: Any, run_class: type, **objects: Any) -> dict[str, Any]:
+    """The stages as searches in ``OUT/stage1``, ``OUT/stage2``, ...; the final genotype (the last stage's,
+    with the skip cap) in ``OUT/result.json``. A resumed search reads finished stages back from their
+    directories and resumes the running one from its checkpoint."""
+    from sldarts import checkpoint as ckpt
+    from sldarts.spaces.darts import OPS, SPACE
+
+    if cfg.space != "darts" or objects.get("model") is not None:
+        raise SldartsError("pdarts: P-DARTS defines the DARTS space only; use space=darts or another method=")
+    if cfg.auto_lr:
+        raise SldartsError("pdarts: auto_lr=true would repeat every stage; drop auto_lr or method=pdarts")
+    opts = PdartsOptions(**{k: getattr(cfg, k) for k in Progressive.option_names()})
+    cells, keep_counts, _ = stage_plan(opts)
+    base = Path(cfg.out) if cfg.out else Path("runs") / cfg.run_name
+    if cfg.resume and (base / "result.json").exists():
+        return json.loads((base / "result.json").read_text())
+    base.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    # the search as asked (a sweep sees a started P-DARTS point as partial and resumes it)
+    ckpt.atomic_write_text(base / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    keep = {k: [list(range(len(OPS))) for _ in range(14)] for k in ("normal", "reduce")}
+    stages: list[dict[str, Any]] = []
+    result: dict[str, Any] = {}
+    for s, depth in enumerate(cells):
+        # every key explicit: cfg.replace would fill the preset's keys in again over the user's (optim=single)
+        sub = cfg.replace(**{**cfg.to_dict(), "out": str(base / f"stage{s + 1}"), "cells": depth})
+        run = _stage_run(run_class)(sub, stage=s, keep=keep, **objects)
+        ckpt.atomic_write_text(base / f"stage{s + 1}" / "keep.json", json.dumps(keep) + "\n")
+        result = run.run()
+        stages.append({"stage": s + 1, "cells": depth, "ops_per_edge": len(keep["normal"][0]),
+                       "run_dir": str(base / f"stage{s + 1}")})
+        if s < len(keep_counts):
+            w = _stage_weights(base / f"stage{s + 1}")
+            keep = {k: prune(w[k], keep[k], keep_counts[s]) for k in keep}
+    w = _stage_weights(base / f"stage{len(cells)}")
+    genotype, changed = skip_cap(w, opts.pdarts_max_skip, lambda ws: SPACE.rederive(ws, cfg.derive)[0],
+                                 OPS.index("skip_connect"))
+    result = dict(result)
+    if changed:
+        result["uncapped"] = result["genotype"]
+        result.pop("complexity", None)  # of the uncapped cell
+    result.update(genotype=genotype, param_free_ratio=SPACE.param_free_ratio(genotype), run_dir=str(base),
+                  pdarts={"stages": stages, "max_skip": opts.pdarts_max_skip, "skip_capped_edges": changed})
+    ckpt.atomic_write_text(base / "result.json", json.dumps(result, indent=1) + "\n")
+    return result
