@@ -133,3 +133,45 @@ def test_in_memory_training_crops_are_random_resized_crops():
     crops = resized_crop_batch(x, False, torch.Generator().manual_seed(1))
     assert crops.shape == x.shape and crops.min() >= x.min() and crops.max() <= x.max()
     assert len({round(float(c.std()), 3) for c in crops}) > 32  # boxes of different sizes
+
+
+def test_built_in_sets_never_validate_on_their_test_split(tmp_path, monkeypatch):
+    """digits with a poisoned test split (every image white, every label 3): bi-level α batches, w batches and
+    valid_acc never read a loader that holds a poisoned image; the test split is read once, at the end, and
+    test_acc is then 0 or 1 exactly. valid_split=0 validates on the training images, not on the test split."""
+    from sldarts import data as data_mod
+    from sldarts.data.loader import TensorLoader
+    from sldarts.data.readers import ArrayData, read_digits
+    from sldarts.search_run import SearchRun
+
+    train, test = read_digits()
+    poison = ArrayData(np.full_like(test.x, 255), np.full_like(test.y, 3))
+    assert not (train.x.reshape(len(train.y), -1) == 255).all(1).any()  # no real digit is all white
+    monkeypatch.setattr(data_mod, "read_digits", lambda: (train, poison))
+    reads, phase = [], {"now": "search"}
+    batch = TensorLoader.batch
+
+    def spied(self, epoch, k):
+        reads.append((phase["now"], bool((self.x.flatten(1) == 255).all(1).any())))
+        return batch(self, epoch, k)
+
+    monkeypatch.setattr(TensorLoader, "batch", spied)
+    result = SearchRun.result
+
+    def at_the_end(self, *a):
+        phase["now"] = "end"
+        return result(self, *a)
+
+    monkeypatch.setattr(SearchRun, "result", at_the_end)
+    res = sldarts.search(**TINY, optim="bilevel", train_samples=32, eval_samples=16, out=str(tmp_path / "run"))
+    assert reads and not any(poisoned for ph, poisoned in reads if ph == "search")
+    assert sum(poisoned for ph, poisoned in reads if ph == "end") == 2  # the test split (capped at 16), once
+    assert res["test_acc"] in (0.0, 1.0) and res["valid_acc"] not in (0.0, 1.0)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["valid_held_out"]) == 150 and split["test"] == "digits test"  # 10% of 1500, per class
+    first = (tmp_path / "run" / "log.txt").read_text()
+    assert ("valid 16 from 0.1 of digits train held out (stratified) (valid_acc), test 16 from digits test "
+            "(test_acc, measured once at the end)") in first
+    none = build_search_data(SearchConfig(**TINY, valid_split=0, train_samples=16), torch.device("cpu"))
+    assert torch.equal(none.eval.x, none.train.x) and (none.test.x == 255).all()
+    assert "valid 16 from digits train (valid_split=0: the training images themselves)" in none.note

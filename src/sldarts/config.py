@@ -200,7 +200,7 @@ class SearchConfig(RunOptions, CostOptions):
                 "(0: the first image's shorter side)"})
     valid_split: float | None = field(default=None, metadata={**_range(0, 0.9), "help": (
         "share of the training images held out (stratified, the same for every seed) for valid_acc where the "
-        "data has no validation split; empty: 0.1, or 0 for the built-in benchmark sets (their test split)")})
+        "data has no validation split (empty: 0.1; 0: valid_acc on the training images); never the test split")})
     stem: str = field(default="auto", metadata={**_choice("auto", "cifar", "imagenet"),
         "help": "search network stem: cifar (full resolution), imagenet (stride-2 reduction), "
                 "auto from the searched images' side"})
@@ -624,7 +624,8 @@ class RetrainConfig(RunOptions):
     image_size: int = field(default=0, metadata={**_range(0),
         "help": "training crop side (0: 224 for ImageNet; image folders: the searched or first image's side)"})
     valid_split: float | None = field(default=None, metadata={**_range(0, 0.9), "help": (
-        "share of the training images held out for valid_acc, as in the search (retrain RUN takes the run's)")})
+        "share of the training images held out for valid_acc, as in the search (retrain RUN takes the run's); "
+        "empty: 0.1, or 0 for the built-in sets (the DARTS protocol: all training images, top1 on the test split)")})
     grad_clip: float = field(default=5.0, metadata={**_range(0),
         "help": "clip the gradient norm to this (0: no clipping)"})
     channels: int = field(default=36, metadata={**_range(1), "help": "initial channels C of the evaluation network"})

@@ -76,8 +76,7 @@ class SearchData:
     info: DatasetInfo
     train: Loader  # batches that update w (and α, in single-level)
     arch: Loader | None  # batches that update α in bi-level
-    eval: Loader  # supernet validation accuracy (selection numbers: never the test split, unless a
-    # built-in benchmark set is searched with valid_split=0, the benchmark tables' convention)
+    eval: Loader  # supernet validation accuracy (selection numbers: never the test split)
     note: str = ""  # said once at the start: which split is which
     test: Loader | None = None  # measured once, at the end (test_acc)
     preprocess: dict = field(default_factory=dict)  # size, crop, interpolation (image data)
@@ -162,8 +161,8 @@ def split_indices(n: int, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray | N
 
 
 def _valid_split(cfg, default: float) -> float:
-    """``valid_split``, or (unset) ``default``: 0.1 where a data set has no validation split of its own, 0 for
-    the built-in benchmark sets (valid_acc on their test split, as the benchmark tables report it)."""
+    """``valid_split``, or (unset) ``default``: 0.1 for a search of any data set without a validation split
+    of its own (the built-in benchmark sets included: valid_acc never reads their test split)."""
     v = getattr(cfg, "valid_split", None)
     return default if v is None else float(v)
 
@@ -285,24 +284,25 @@ def build_search_data(cfg: SearchConfig, device: torch.device, rank: int = 0, wo
     if cfg.dataset in FOLDERS:
         return _folder_data(cfg, bs, common, recorded, search=True)
     train, test, info = load_arrays(cfg.dataset, cfg.data_root, cfg.image_size)
-    frac = _valid_split(cfg, 0.0)
+    frac = _valid_split(cfg, 0.1)
     split: dict[str, Any] = {"train": f"{cfg.dataset} train", "test": f"{cfg.dataset} test"}
-    evalset, testset = test, None
     if frac > 0:
         kept, held = _recorded_holdout([str(i) for i in range(len(train.y))], recorded, train.y, frac)
-        evalset, testset, train = _subset(train, held), test, _subset(train, kept)
-        split.update(valid=f"{frac:g} of {cfg.dataset} train held out", valid_held_out=[str(i) for i in held])
-    else:
-        split.update(valid=f"{cfg.dataset} test (the benchmark's convention; valid_split=0.1 holds out "
-                           "training images instead)", test=None)
+        evalset, train = _subset(train, held), _subset(train, kept)
+        split.update(valid=f"{frac:g} of {cfg.dataset} train held out (stratified)",
+                     valid_held_out=[str(i) for i in held])
     w_idx, a_idx = split_indices(len(train.y), cfg)
     w_set = _subset(train, w_idx)
     a_set = _subset(train, a_idx) if a_idx is not None else w_set
-    if cfg.eval_samples:
+    if frac == 0:  # no held-out split: valid_acc is training accuracy, never the test split's
+        evalset = w_set
+        split["valid"] = f"{cfg.dataset} train (valid_split=0: the training images themselves)"
+    if cfg.eval_samples:  # a smoke run caps the test split too
         evalset = _subset(evalset, _fixed_order(len(evalset.y))[:cfg.eval_samples])
+        test = _subset(test, _fixed_order(len(test.y))[:cfg.eval_samples])
     mk = lambda d, aug, shuf, stream: TensorLoader(d, info, bs, augment=aug, shuffle=shuf, stream=stream, **common)  # noqa: E731
     arch = mk(a_set, cfg.augment, True, ARCH) if _arch_batches(cfg) else None
-    tl = mk(testset, False, False, EVAL) if testset is not None else None
+    tl = mk(test, False, False, EVAL)
     ev = mk(evalset, False, False, EVAL)
     return SearchData(info, mk(w_set, cfg.augment, True, TRAIN), arch, ev,
                       _split_note(split, w_set.x.shape[0], ev.num_samples, tl), tl,
