@@ -93,14 +93,16 @@ def _search(tmp_path, name, **kw):
 
 
 def test_a_params_target_well_below_the_unconstrained_result_is_met_on_nb201_and_a_choice_model(tmp_path):
-    free = _search(tmp_path, "nb_free", **NB)
-    bound = _search(tmp_path, "nb_bound", cost="params", cost_target=250000, cost_lr=5.0, **NB)
-    bilevel = _search(tmp_path, "nb_bilevel", cost="params", cost_target=250000, cost_lr=5.0, optim="bilevel", **NB)
+    # seed 1: with digits' held-out validation split, seed 0's unconstrained cell is already all skips
+    free = _search(tmp_path, "nb_free", **NB, seed=1)
+    bound = _search(tmp_path, "nb_bound", cost="params", cost_target=250000, cost_lr=5.0, **NB, seed=1)
+    bilevel = _search(tmp_path, "nb_bilevel", cost="params", cost_target=250000, cost_lr=5.0, optim="bilevel",
+                      **NB, seed=1)
     assert free["complexity"]["params"] > 250000  # the same seed without a target does not meet it
     for res in (bound, bilevel):
         b = res["budget"]
         assert b["met"] and b["measured"] == b["predicted"] == res["complexity"]["params"] <= 250000
-        assert b["target"] == 250000 and b["unit"] == "params" and b["multiplier"] > 0
+        assert b["target"] == 250000 and b["unit"] == "params" and b["multiplier"] >= 0  # 0 once met for a while
     rows = [json.loads(line) for line in open(tmp_path / "nb_bound" / "metrics.jsonl")]
     assert all("expected_cost" in r and "derived_cost" in r for r in rows)
     # the multiplier is in the checkpoint, so a resumed run continues it exactly

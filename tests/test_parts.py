@@ -22,14 +22,17 @@ OPTIONS = {"partial": {"partial_channels": 2}, "edge_norm": {"edge_norm": True},
            "zero_one": {"zero_one_weight": 10.0}, "beta_decay": {"beta_weight": 50.0},
            "smoothing": {"sdarts_epsilon": 0.3}, "rsps": {}, "gumbel": {}, "dirichlet": {},
            "arch_warmup": {"arch_warmup": 2}, "pdarts": {"pdarts": True, "pdarts_skip_drop": "0.5,0.5,0.5"},
-           "early_stop": {"dartsplus_max_skips": 2, "dartsplus_patience": 1}, "grouped_drop": {"dropnas_rate": 0.5}}
+           "early_stop": {"dartsplus_max_skips": 2, "dartsplus_patience": 1}, "grouped_drop": {"dropnas_rate": 0.5},
+           "setn": {"setn_samples": 5}, "enas": {}}
 REFUSED = {("partial", "choice"): "partial channels (PC-DARTS): the candidates of Choice",
            ("edge_norm", "choice"): "edge normalisation (PC-DARTS): the ChoiceSupernet supernet does not say",
            ("edge_norm", "custom"): "edge normalisation (PC-DARTS): the ChainSupernet supernet does not say",
            **{("pdarts", k): "progressive search (P-DARTS): P-DARTS defines the DARTS space only"
               for k in ("nb201", "choice", "custom")},
            ("early_stop", "choice"): "early stopping (DARTS+): the ChoiceSupernet supernet has no normal cell",
-           ("early_stop", "custom"): "early stopping (DARTS+): the ChainSupernet supernet has no normal cell"}
+           ("early_stop", "custom"): "early stopping (DARTS+): the ChainSupernet supernet has no normal cell",
+           ("enas", "darts"): "ENAS controller: the DartsSupernet's architectures are not one op per α row",
+           ("enas", "choice"): "ENAS controller: the ChoiceSupernet's architectures are not one op per α row"}
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +59,7 @@ def method_with(name: str) -> Method:
     cls = part_class(name)
     part = cls(cls.Options(**OPTIONS[name]))
     parts = [part] if cls.sampler else [SoftmaxSampler(), part]
-    return Method("", "rsps" if name == "rsps" else "bilevel", 1, parts)
+    return Method("", name if name in ("rsps", "enas") else "bilevel", 1, parts)
 
 
 def edge_inputs(model, x) -> dict:
@@ -161,6 +164,19 @@ def observe(name: str, model, method: Method, x) -> None:
         method.end_epoch(1, 10, model)
         method.end_epoch(2, 10, model)
         assert method.stop_reason().startswith("early_stop: ")
+    elif name == "setn":  # the weight step trains a uniform one-hot sample; templates are one-hot draws from α
+        w, t = method.weight_step_weights(model), method.get("setn").draw(model)
+        for d in (w, t):
+            assert all(set(v.unique().tolist()) <= {0.0, 1.0} for v in d.values())
+        assert not torch.allclose(model(x, weights=w), model(x))
+    elif name == "enas":  # a controller draws one op per α row; it is neither α nor a weight of the supernet
+        part = method.get("enas")
+        w = part.sample(model)
+        assert {k: v.shape for k, v in w.items()} == {k: v.shape for k, v in model.arch.items()}
+        assert all(set(v.unique().tolist()) <= {0.0, 1.0} for v in w.values())
+        own = {id(p) for p in part.controller.parameters()}
+        assert own and not own & {id(p) for p in model.parameters()}
+        assert "controller" in str(method.state_dict()["enas"].keys()) or method.state_dict()["enas"]
     elif name == "grouped_drop":  # while training some ops of an edge are not computed, never all of them
         model.eval()
         full = calls_per_edge(model, x)

@@ -119,11 +119,15 @@ class Enas(Part):
         with torch.random.fork_rng(devices=[]):  # the run's random stream is not touched
             one = model.sample_weights()
             rows = {k: w.reshape(-1, w.shape[-1]) for k, w in one.items()}
-            if any(not bool((r.sum(1) == 1).all()) for r in rows.values()) or \
-                    len({r.shape[-1] for r in rows.values()}) != 1:
+            if any(not bool((r.sum(1) == 1).all()) for r in rows.values()):
                 raise refuse(self.title, f"the {type(model).__name__}'s architectures are not one op per "
-                             "α row (DARTS's cells also choose two inputs per node, which this controller does "
-                             "not sample); use space=nb201")
+                             "α row (DARTS's cells also choose two inputs per node, an InputChoice may keep several; "
+                             "this controller samples one per row); use space=nb201 or another method")
+            widths = sorted({r.shape[-1] for r in rows.values()})
+            if len(widths) != 1:
+                raise refuse(self.title, f"the {type(model).__name__}'s choices have {widths} candidates, and "
+                             "one controller output layer samples choices of one size; give every choice as many "
+                             "candidates, or use another method")
             self.shapes = {k: w.shape for k, w in one.items()}
             self.controller = Controller(sum(len(r) for r in rows.values()), next(iter(rows.values())).shape[-1])
         # AutoDL-Projects' ENAS.config: betas (0, 0.999), eps 0.001
