@@ -79,6 +79,8 @@ def test_retrain_darts_cifar_recipe(tmp_path):
     assert res["params"] > 0 and 0 <= res["top1"] <= 1 and res["macs"] > 0
     rows = [json.loads(line) for line in open(tmp_path / "rt" / "metrics.jsonl")]
     assert [r["epoch"] for r in rows] == [0, 1] and torch.isfinite(torch.tensor(rows[1]["train_loss"]))
+    # the DARTS protocol reads the test split each epoch: named so, never valid_acc
+    assert "valid_acc" not in rows[1] and res["top1"] == rows[1]["test_acc"] == res["test_acc"]
     assert json.load(open(tmp_path / "rt" / "genotype.json")) == GENOTYPES["DARTS_V2"]
     assert torch.load(tmp_path / "rt" / "checkpoint.pt", weights_only=True)["epoch"] == 1
 

@@ -625,7 +625,7 @@ class RetrainConfig(RunOptions):
         "help": "training crop side (0: 224 for ImageNet; image folders: the searched or first image's side)"})
     valid_split: float | None = field(default=None, metadata={**_range(0, 0.9), "help": (
         "share of the training images held out for valid_acc, as in the search (retrain RUN takes the run's); "
-        "empty: 0.1, or 0 for the built-in sets (the DARTS protocol: all training images, top1 on the test split)")})
+        "empty: 0.1, or 0 for the built-in sets (the DARTS protocol: all training images, test_acc each epoch)")})
     grad_clip: float = field(default=5.0, metadata={**_range(0),
         "help": "clip the gradient norm to this (0: no clipping)"})
     channels: int = field(default=36, metadata={**_range(1), "help": "initial channels C of the evaluation network"})

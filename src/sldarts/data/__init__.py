@@ -81,6 +81,7 @@ class SearchData:
     test: Loader | None = None  # measured once, at the end (test_acc)
     preprocess: dict = field(default_factory=dict)  # size, crop, interpolation (image data)
     split: dict = field(default_factory=dict)  # where each split comes from; held-out validation files
+    eval_is_test: bool = False  # a retrain on a built-in set without valid_split: `eval` is the test split
 
     @cached_property
     def sample_shape(self) -> tuple[int, ...]:
@@ -435,4 +436,4 @@ def build_train_data(cfg, device: torch.device, rank: int = 0, world: int = 1,
     train = TensorLoader(tr, info, bs, augment=True, shuffle=True, stream=TRAIN, cutout=cfg.cutout, **common)
     mk = lambda d: TensorLoader(d, info, bs, augment=False, shuffle=False, stream=EVAL, **common)  # noqa: E731
     return SearchData(info, train, None, mk(ev_arr), "", mk(test) if test is not None else None,
-                      _image_preprocess(int(tr.x.shape[-1]), 1.0))
+                      _image_preprocess(int(tr.x.shape[-1]), 1.0), eval_is_test=frac == 0)

@@ -123,26 +123,35 @@ class RetrainRun(EpochRun):
     def params_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
+    @property
+    def split_name(self) -> str:
+        """What the per-epoch accuracy measures: the held-out validation images, or (the DARTS protocol on the
+        built-in sets without ``valid_split``) the test split, named so; nothing in a retrain selects by it."""
+        return "test" if self.data.eval_is_test else "valid"
+
     def measure(self) -> dict[str, Any]:
         accs = accuracy(self.model, self.data.eval, self.topk)
-        row = {"valid_acc": accs[0]}
+        row = {f"{self.split_name}_acc": accs[0]}
         if len(accs) > 1:
-            row["valid_top5"] = accs[1]
+            row[f"{self.split_name}_top5"] = accs[1]
         return row
 
     def summary_line(self, row: dict[str, Any]) -> str:
-        return f"valid {row['valid_acc']:.2%}" + (f" top5 {row['valid_top5']:.2%}" if "valid_top5" in row else "")
+        s = self.split_name
+        return f"{s} {row[f'{s}_acc']:.2%}" + (f" top5 {row[f'{s}_top5']:.2%}" if f"{s}_top5" in row else "")
 
     def result(self, seconds: float, last: dict[str, Any] | None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "space": self.space.name, "arch_key": self.space.arch_key, self.space.arch_key: self.arch,
             "recipe": self.cfg.recipe, "dataset": self.cfg.dataset, "epochs": self.cfg.epochs,
-            "top1": last["valid_acc"] if last else None, "seconds": round(seconds, 1),
+            "top1": last[f"{self.split_name}_acc"] if last else None, "seconds": round(seconds, 1),
             "params": count_params(self.model), "input": self.data.input_spec(),
         }
-        if last and "valid_top5" in last:
-            out["top5"] = last["valid_top5"]
-        if self.data.test is not None:  # once, at the end
+        if last and f"{self.split_name}_top5" in last:
+            out["top5"] = last[f"{self.split_name}_top5"]
+        if self.data.eval_is_test:
+            out["test_acc"] = out["top1"]
+        elif self.data.test is not None:  # once, at the end
             out["test_acc"] = accuracy(self.model, self.data.test)[0]
         try:
             out["macs"] = count_macs(self.model, self.data.sample_shape)
