@@ -97,6 +97,13 @@ def test_refusals_are_one_line(tmp_path):
         sldarts.search(method="pdarts", space="nb201", out=str(tmp_path / "r"), progress="none")
     with pytest.raises(SldartsError, match="pdarts_keep needs 2 counts"):
         stage_plan(PdartsOptions(pdarts=True, pdarts_keep="5"))
+    # OUT is a run directory like any other: a folder holding someone else's config.yaml is left as it was
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "config.yaml").write_text("mine: 1\n")
+    with pytest.raises(SldartsError, match="no sldarts run marked as its own"):
+        sldarts.search(method="pdarts", space="darts", out=str(tmp_path / "theirs"), progress="none")
+    assert sorted(p.name for p in (tmp_path / "theirs").iterdir()) == ["config.yaml"]
+    assert (tmp_path / "theirs" / "config.yaml").read_text() == "mine: 1\n"
     with pytest.raises(SldartsError, match="decreasing"):
         stage_plan(PdartsOptions(pdarts=True, pdarts_cells="3,4", pdarts_keep="1", pdarts_skip_drop="0,0"))
 

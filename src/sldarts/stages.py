@@ -43,47 +43,75 @@ def _stage_run(base: type) -> type:
 
 def pdarts_search(cfg: Any, run_class: type, **objects: Any) -> dict[str, Any]:
     """The stages as searches in ``OUT/stage1``, ``OUT/stage2``, ...; the final genotype (the last stage's,
-    with the skip cap) in ``OUT/result.json``. A resumed search reads finished stages back from their
-    directories and resumes the running one from its checkpoint."""
+    with the skip cap) in ``OUT/result.json``. ``OUT`` is a run directory like any other (locked while the
+    stages run, refused if it holds another run, its marker naming the stage folders so that overwrite=true
+    removes only those). A resumed search reads finished stages back from their directories and resumes the
+    running one from its checkpoint."""
     from sldarts import checkpoint as ckpt
-    from sldarts.spaces.darts import OPS, SPACE
+    from sldarts.distributed import barrier, setup
+    from sldarts.rundir import prepare_run_dir, unlock_run_dir
+    from sldarts.spaces.darts import OPS, DartsSpace
 
-    if cfg.space != "darts" or objects.get("model") is not None:
+    space = cfg.search_space()
+    if not isinstance(space, DartsSpace) or objects.get("model") is not None:
         raise SldartsError("pdarts: P-DARTS defines the DARTS space only; use space=darts or another method=")
     if cfg.auto_lr:
         raise SldartsError("pdarts: auto_lr=true would repeat every stage; drop auto_lr or method=pdarts")
     opts = PdartsOptions(**{k: getattr(cfg, k) for k in Progressive.option_names()})
     cells, keep_counts, _ = stage_plan(opts)
-    base = Path(cfg.out) if cfg.out else Path("runs") / cfg.run_name
-    if cfg.resume and (base / "result.json").exists():
-        return json.loads((base / "result.json").read_text())
-    base.mkdir(parents=True, exist_ok=True)
+    main = setup(cfg.device)[0].main
+    base, resuming = prepare_run_dir(cfg, Path("runs") / cfg.run_name, main)
+    barrier()
+    try:
+        if resuming and (base / "result.json").exists():
+            return json.loads((base / "result.json").read_text())
+        result = _stages(cfg, run_class, base, main, cells, keep_counts, objects)
+        w = _stage_weights(base / f"stage{len(cells)}")
+        genotype, changed = skip_cap(w, opts.pdarts_max_skip, lambda ws: space.rederive(ws, cfg.derive)[0],
+                                     OPS.index("skip_connect"))
+        result = dict(result)
+        if changed:
+            result["uncapped"] = result["genotype"]
+            result.pop("complexity", None)  # of the uncapped cell
+        result.update(genotype=genotype, param_free_ratio=space.param_free_ratio(genotype), run_dir=str(base),
+                      pdarts={"stages": result.pop("_stages"), "max_skip": opts.pdarts_max_skip,
+                              "skip_capped_edges": changed})
+        if main:
+            ckpt.atomic_write_text(base / "result.json", json.dumps(result, indent=1) + "\n")
+        return result
+    finally:
+        if main:
+            unlock_run_dir(base)
+
+
+def _stages(cfg: Any, run_class: type, base: Path, main: bool, cells: list[int], keep_counts: list[int],
+            objects: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume, or read back) every stage in ``base/stageN``, pruning the ops between stages; the last
+    stage's result with ``_stages``, one entry per stage."""
     import yaml
 
-    # the search as asked (a sweep sees a started P-DARTS point as partial and resumes it)
-    ckpt.atomic_write_text(base / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from sldarts import checkpoint as ckpt
+    from sldarts.rundir import claim
+    from sldarts.spaces.darts import OPS
+
+    if main:  # the search as asked (a sweep sees a started P-DARTS point as partial and resumes it)
+        claim(base, [f"stage{s + 1}" for s in range(len(cells))])
+        ckpt.atomic_write_text(base / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     keep = {k: [list(range(len(OPS))) for _ in range(14)] for k in ("normal", "reduce")}
     stages: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
     for s, depth in enumerate(cells):
+        stage_dir = base / f"stage{s + 1}"
         # every key explicit: cfg.replace would fill the preset's keys in again over the user's (optim=single)
-        sub = cfg.replace(**{**cfg.to_dict(), "out": str(base / f"stage{s + 1}"), "cells": depth})
+        sub = cfg.replace(**{**cfg.to_dict(), "out": str(stage_dir), "cells": depth})
         run = _stage_run(run_class)(sub, stage=s, keep=keep, **objects)
-        ckpt.atomic_write_text(base / f"stage{s + 1}" / "keep.json", json.dumps(keep) + "\n")
+        if main:
+            ckpt.atomic_write_text(stage_dir / "keep.json", json.dumps(keep) + "\n")
+            claim(stage_dir, ["keep.json"])
         result = run.run()
         stages.append({"stage": s + 1, "cells": depth, "ops_per_edge": len(keep["normal"][0]),
-                       "run_dir": str(base / f"stage{s + 1}")})
+                       "run_dir": str(stage_dir)})
         if s < len(keep_counts):
-            w = _stage_weights(base / f"stage{s + 1}")
+            w = _stage_weights(stage_dir)
             keep = {k: prune(w[k], keep[k], keep_counts[s]) for k in keep}
-    w = _stage_weights(base / f"stage{len(cells)}")
-    genotype, changed = skip_cap(w, opts.pdarts_max_skip, lambda ws: SPACE.rederive(ws, cfg.derive)[0],
-                                 OPS.index("skip_connect"))
-    result = dict(result)
-    if changed:
-        result["uncapped"] = result["genotype"]
-        result.pop("complexity", None)  # of the uncapped cell
-    result.update(genotype=genotype, param_free_ratio=SPACE.param_free_ratio(genotype), run_dir=str(base),
-                  pdarts={"stages": stages, "max_skip": opts.pdarts_max_skip, "skip_capped_edges": changed})
-    ckpt.atomic_write_text(base / "result.json", json.dumps(result, indent=1) + "\n")
-    return result
+    return {**result, "_stages": stages}
