@@ -98,28 +98,31 @@ def metrics(result: dict[str, Any]) -> dict[str, float]:
     out = {"param-free ratio": result["param_free_ratio"]}
     if result.get("valid_acc") is not None:
         out = {"supernet acc": 100.0 * result["valid_acc"], **out}
-    if result.get("space") == "darts":  # Table 4's columns: the cell's ImageNet network (C=48, 14 cells)
-        size = imagenet_size(result)
-        if size is not None:
-            out.update({"ImageNet FLOPs (M)": size["macs_m"], "ImageNet params (M)": size["params_m"]})
+    size = transfer_size(result)
+    if size is not None:  # e.g. Table 4's columns: a DARTS cell on its ImageNet network (C=48, 14 cells)
+        name = NAMES.get(size["dataset"], "ImageNet" if size["dataset"] == "imagenet" else size["dataset"])
+        out.update({f"{name} FLOPs (M)": size["macs_m"], f"{name} params (M)": size["params_m"]})
     return out
 
 
-def imagenet_size(result: dict[str, Any]) -> dict[str, Any] | None:
-    """Params and MACs of a DARTS-space result's cell on ImageNet, as the paper's Table 4 counts them:
-    recorded when the search ran on ImageNet, else counted now (a few seconds a cell)."""
-    size = result.get("complexity") or {}
-    if size.get("dataset") == "imagenet" and "macs_m" in size:
-        return size
+def transfer_size(result: dict[str, Any]) -> dict[str, Any] | None:
+    """Params and MACs of a result's cell on the data set its space's papers transfer cells to (the space's
+    ``transfer_dataset``; DARTS: ImageNet, as the paper's Table 4 counts them): recorded when the search ran
+    there, else counted now (a few seconds a cell). None for a space without one."""
     from sldarts.evaluate.complexity import complexity
-    from sldarts.spaces import get_space
+    from sldarts.spaces import SPACES, get_space
 
-    key = result.get("arch_key") or "genotype"
-    if key not in result:
+    if str(result.get("space")) not in SPACES:  # a report imports no module a sweep's config names
         return None
-    space = get_space("darts")
-    counted = complexity(space, space.parse(result[key]), "imagenet")
-    return counted if "macs_m" in counted else None
+    space = get_space(str(result["space"]))
+    target, key = space.transfer_dataset, result.get("arch_key") or space.arch_key
+    if target is None or key not in result:
+        return None
+    size = result.get("complexity") or {}
+    if size.get("dataset") == target and "macs_m" in size:
+        return size
+    counted = complexity(space, space.parse(result[key]), target)
+    return {**counted, "dataset": target} if "macs_m" in counted else None
 
 
 def aggregate(runs: list[dict[str, Any]]) -> tuple[list[str], list[str], list[dict[str, Any]]]:

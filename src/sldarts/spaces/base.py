@@ -243,6 +243,9 @@ class SearchSpace(ABC):
     default_recipe: str = "plain"  # retraining recipe when none is named
     benchmark: bool = False  # derived architectures can be looked up in NAS-Bench-201
     impls: tuple[str, ...] = ()  # `impl` values the supernet takes (reference first), compared by the bench
+    # the data set its papers transfer a searched cell to and size it on (DARTS: ImageNet, C=48, 14 cells);
+    # `sldarts report` counts each derived cell there, beside the papers' columns
+    transfer_dataset: str | None = None
 
     @abstractmethod
     def supernet(self, cfg: SearchConfig, num_classes: int, in_channels: int) -> Supernet:

@@ -451,6 +451,7 @@ class DartsSpace(SearchSpace):
 
     name = "darts"
     arch_key = "genotype"
+    transfer_dataset = "imagenet"  # the mobile setting of its papers' ImageNet tables
     default_lr = 0.025
     default_cells = 8
     default_recipe = "darts-cifar"
