@@ -368,3 +368,30 @@ def test_report_marks_presets_that_differ_from_the_original():
             {"method": "darts-minus", "seeds": [0], "cells": [("c", 1)], "differs": []}]
     md = markdown(["method"], [], rows)
     assert "| gdas * |" in md and "| darts-minus |" in md and "gdas (epochs=250 in its own code)" in md
+
+
+def test_every_built_in_part_option_is_the_config_key_it_reads():
+    """A built-in part's options are config keys too (config.yaml, the CLI, the reference): both declarations
+    must agree on the default, the type and the allowed values, or a part would run with other values than
+    the key says."""
+    import dataclasses
+    import typing
+
+    from sldarts.config import SearchConfig
+    from sldarts.methods import _builtins
+
+    _builtins()
+    keys = {f.name: f for f in dataclasses.fields(SearchConfig)}
+    key_types = typing.get_type_hints(SearchConfig)
+    seen = 0
+    for name in PARTS.names():
+        cls = PARTS.get(name)
+        if not cls.__module__.startswith("sldarts.methods."):
+            continue
+        types = typing.get_type_hints(cls.Options)
+        for f in dataclasses.fields(cls.Options):
+            key, seen = keys[f.name], seen + 1
+            assert (f.default, types[f.name]) == (key.default, key_types[f.name]), (name, f.name)
+            for meta in ("range", "choices"):
+                assert f.metadata.get(meta) == key.metadata.get(meta), (name, f.name, meta)
+    assert seen >= 25  # every method's options: GDAS's temperatures to P-DARTS's stages

@@ -127,6 +127,15 @@ def test_enas_baseline_state_and_refusals(monkeypatch):
     torch.manual_seed(3)
     assert torch.equal(again.sample(net)["cell"], a) and again.baseline == part.baseline
     assert again.opt.state_dict()["state"].keys() == part.opt.state_dict()["state"].keys()
+    # its options, each observed: the controller's lr, and the samples and batches of the final selection
+    part = Enas(EnasOptions(enas_lr=0.02, enas_samples=4, enas_batches=3))
+    part.adapt(net)
+    assert part.opt.param_groups[0]["lr"] == 0.02
+    batches = [(torch.randn(5, 3, 8, 8), torch.randint(0, 10, (5,))) for _ in range(4)]
+    asked = []
+    best, rec = part.select(net, lambda n: asked.append(n) or batches[:n], seed=0)
+    assert asked == [3] and rec["enas"]["samples"] == 4
+    assert rec["enas"]["best_score"] in {k / 15 for k in range(16)}  # hits out of the 3 x 5 images scored
     with pytest.raises(SldartsError, match="ENAS controller: the DartsSupernet's architectures are not one op"):
         Enas(EnasOptions()).adapt(DartsSupernet(4, 3, impl="reference"))
     with pytest.raises(SldartsError, match="method=enas with optim=single makes no sense"):
