@@ -109,13 +109,23 @@ def test_refusals_are_one_line(tmp_path):
 
 
 def test_combines_with_single_level_in_one_stage(tmp_path):
-    res = sldarts.search(method="pdarts", optim="single", space="darts", cells=3, pdarts_cells="3", pdarts_keep="",
-                         pdarts_skip_drop="0.1", epochs=1, train_samples=32, batch_size=32, eval_samples=32,
-                         channels=4, threads=1, progress="none", out=str(tmp_path / "r"))
+    keys = dict(method="pdarts", optim="single", space="darts", cells=3, pdarts_cells="3", pdarts_keep="",
+                pdarts_skip_drop="0.1", epochs=1, train_samples=32, batch_size=32, eval_samples=32, channels=4,
+                threads=1, progress="none", out=str(tmp_path / "r"))
+    res = sldarts.search(**keys)
     cfg = json.loads((tmp_path / "r" / "stage1" / "result.json").read_text())["config"]
     assert (cfg["optim"], cfg["method"], cfg["pdarts"], cfg["impl"]) == ("single", "pdarts", True, "reference")
     assert res["pdarts"]["stages"] == [{"stage": 1, "cells": 3, "ops_per_edge": 8, "run_dir": str(tmp_path / "r"
                                                                                                    / "stage1")}]
+    # overwrite=true replaces what the search wrote (in its stage folders too) and nothing else
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    (tmp_path / "r" / "stage1" / "old.txt").write_text("stale")
+    with pytest.raises(SldartsError, match="already holds a run"):
+        sldarts.search(**keys)
+    sldarts.search(**keys, overwrite=True)
+    assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "r" / "stage1" / "old.txt").read_text() == "stale"
+    assert json.loads((tmp_path / "r" / "result.json").read_text())["pdarts"]["stages"][0]["cells"] == 3
 
 
 ARGS = ["search", "method=pdarts", "space=darts", "pdarts_cells=3,3", "pdarts_keep=5", "pdarts_skip_drop=0.1,0.4",

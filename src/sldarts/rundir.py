@@ -114,6 +114,11 @@ def _remove_owned(out: Path, names: list[str]) -> None:
             continue
         if path.is_symlink() or path.is_file():
             path.unlink()
+        elif path.is_dir() and owned(path) is not None:  # a run of its own (a P-DARTS stage): what it wrote
+            _remove_owned(path, owned(path) or [])
+            (path / LOCK).unlink(missing_ok=True)
+            if not any(path.iterdir()):
+                path.rmdir()
         elif path.is_dir():
             shutil.rmtree(path)
     (out / MARKER).unlink(missing_ok=True)
