@@ -120,12 +120,17 @@ def test_combines_with_single_level_in_one_stage(tmp_path):
     # overwrite=true replaces what the search wrote (in its stage folders too) and nothing else
     (tmp_path / "r" / "notes.txt").write_text("mine")
     (tmp_path / "r" / "stage1" / "old.txt").write_text("stale")
+    for run in (tmp_path / "r", tmp_path / "r" / "stage1"):
+        (run / "result.json").write_text("{}")  # what a new search must replace
     with pytest.raises(SldartsError, match="already holds a run"):
         sldarts.search(**keys)
     sldarts.search(**keys, overwrite=True)
     assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
     assert (tmp_path / "r" / "stage1" / "old.txt").read_text() == "stale"
     assert json.loads((tmp_path / "r" / "result.json").read_text())["pdarts"]["stages"][0]["cells"] == 3
+    assert "genotype" in json.loads((tmp_path / "r" / "stage1" / "result.json").read_text())
+    marker = json.loads((tmp_path / "r" / ".sldarts-run.json").read_text())["files"]
+    assert {"config.yaml", "result.json", "stage1"} <= set(marker) and "notes.txt" not in marker
 
 
 ARGS = ["search", "method=pdarts", "space=darts", "pdarts_cells=3,3", "pdarts_keep=5", "pdarts_skip_drop=0.1,0.4",

@@ -115,8 +115,12 @@ def _remove_owned(out: Path, names: list[str]) -> None:
         if path.is_symlink() or path.is_file():
             path.unlink()
         elif path.is_dir() and owned(path) is not None:  # a run of its own (a P-DARTS stage): what it wrote
-            _remove_owned(path, owned(path) or [])
-            (path / LOCK).unlink(missing_ok=True)
+            lock_run_dir(path, say=False)  # refused if another process writes it
+            try:
+                _remove_owned(path, owned(path) or [])
+                (path / LOCK).unlink(missing_ok=True)
+            finally:
+                unlock_run_dir(path)
             if not any(path.iterdir()):
                 path.rmdir()
         elif path.is_dir():

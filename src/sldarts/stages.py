@@ -61,8 +61,8 @@ def pdarts_search(cfg: Any, run_class: type, **objects: Any) -> dict[str, Any]:
     cells, keep_counts, _ = stage_plan(opts)
     main = setup(cfg.device)[0].main
     base, resuming = prepare_run_dir(cfg, Path("runs") / cfg.run_name, main)
-    barrier()
     try:
+        barrier()
         if resuming and (base / "result.json").exists():
             return json.loads((base / "result.json").read_text())
         result = _stages(cfg, run_class, base, main, cells, keep_counts, objects)
@@ -91,11 +91,11 @@ def _stages(cfg: Any, run_class: type, base: Path, main: bool, cells: list[int],
     import yaml
 
     from sldarts import checkpoint as ckpt
-    from sldarts.rundir import claim
+    from sldarts.rundir import claim, owned
     from sldarts.spaces.darts import OPS
 
     if main:  # the search as asked (a sweep sees a started P-DARTS point as partial and resumes it)
-        claim(base, [f"stage{s + 1}" for s in range(len(cells))])
+        claim(base, ["config.yaml", "result.json"])  # (a run of an older sldarts, resumed, had no marker)
         ckpt.atomic_write_text(base / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     keep = {k: [list(range(len(OPS))) for _ in range(14)] for k in ("normal", "reduce")}
     stages: list[dict[str, Any]] = []
@@ -105,9 +105,15 @@ def _stages(cfg: Any, run_class: type, base: Path, main: bool, cells: list[int],
         # every key explicit: cfg.replace would fill the preset's keys in again over the user's (optim=single)
         sub = cfg.replace(**{**cfg.to_dict(), "out": str(stage_dir), "cells": depth})
         run = _stage_run(run_class)(sub, stage=s, keep=keep, **objects)
-        if main:
-            ckpt.atomic_write_text(stage_dir / "keep.json", json.dumps(keep) + "\n")
-            claim(stage_dir, ["keep.json"])
+        try:
+            if main:
+                ckpt.atomic_write_text(stage_dir / "keep.json", json.dumps(keep) + "\n")
+                claim(stage_dir, ["keep.json"])
+                if owned(stage_dir) is not None:  # the stage's run checked and marked it: OUT owns it now
+                    claim(base, [stage_dir.name])
+        except BaseException:
+            run._release()
+            raise
         result = run.run()
         stages.append({"stage": s + 1, "cells": depth, "ops_per_edge": len(keep["normal"][0]),
                        "run_dir": str(stage_dir)})

@@ -144,11 +144,14 @@ class RetrainRun(EpochRun):
         out: dict[str, Any] = {
             "space": self.space.name, "arch_key": self.space.arch_key, self.space.arch_key: self.arch,
             "recipe": self.cfg.recipe, "dataset": self.cfg.dataset, "epochs": self.cfg.epochs,
-            "top1": last[f"{self.split_name}_acc"] if last else None, "seconds": round(seconds, 1),
+            # (a retrain resumed from an older sldarts logged valid_acc under the DARTS protocol too)
+            "top1": last.get(f"{self.split_name}_acc", last.get("valid_acc")) if last else None,
+            "seconds": round(seconds, 1),
             "params": count_params(self.model), "input": self.data.input_spec(),
         }
-        if last and f"{self.split_name}_top5" in last:
-            out["top5"] = last[f"{self.split_name}_top5"]
+        top5 = last.get(f"{self.split_name}_top5", last.get("valid_top5")) if last else None
+        if top5 is not None:
+            out["top5"] = top5
         if self.data.eval_is_test:
             out["test_acc"] = out["top1"]
         elif self.data.test is not None:  # once, at the end
