@@ -9,7 +9,7 @@ import sldarts.methods.enas as enas_mod
 from sldarts.config import load_config
 from sldarts.errors import SldartsError
 from sldarts.methods.enas import Controller, Enas, EnasOptions
-from sldarts.methods.setn import Setn, SetnOptions, keeps_inputs, sample_from
+from sldarts.methods.setn import Setn, SetnOptions, keeps_inputs, sample_from, top_templates
 from sldarts.spaces.darts import OPS as DOPS
 from sldarts.spaces.darts import DartsSupernet
 from sldarts.spaces.nb201 import NB201Supernet
@@ -43,6 +43,34 @@ def test_setn_templates_follow_alpha_and_the_best_scored_is_selected():
     assert torch.equal(best["cell"], drawn[scores.index(max(scores))]["cell"])
     # and the weight step trains a uniform sample, not α's distribution
     assert part.weight_step_weights(net)["cell"].sum(1).tolist() == [1.0] * 6
+
+
+def test_setn_top_templates_are_the_most_probable_and_each_scored_on_its_own_batches():
+    """setn_select=top: AutoDL-Projects' rule, against all 15,625 NB201 cells enumerated here."""
+    import itertools
+
+    torch.manual_seed(1)
+    probs = torch.softmax(torch.randn(6, 5), 1)
+    ranked = sorted(((sum(float(probs[r, c[r]].double().log()) for r in range(6)), c)
+                     for c in itertools.product(range(5), repeat=6)), reverse=True)
+    top = top_templates({"cell": probs}, 100)
+    got = [float(sum(probs.double().log()[t["cell"].bool()])) for t in top]
+    assert got == pytest.approx([s for s, _ in ranked[:100]], abs=1e-9)
+    assert len({tuple(t["cell"].argmax(1).tolist()) for t in top}) == 100 and top[0]["cell"].sum(1).tolist() == [1] * 6
+
+    net = NB201Supernet(4, 1, impl="reference")
+    part = Setn(SetnOptions(setn_samples=3, setn_batches=2, setn_select="top"))
+    part.adapt(net)
+    batches = [(torch.randn(6, 3, 8, 8), torch.randint(0, 10, (6,))) for _ in range(6)]
+    asked = []
+    best, rec = part.select(net, lambda n: asked.append(n) or batches[:n], seed=0)
+    assert asked == [6] and rec["setn"]["samples"] == 3 and rec["setn"]["select"] == "top"
+    expect = top_templates({k: net.activation(a) for k, a in net.arch.items()}, 3)
+    scores = [enas_mod.accuracy_of(net, t, batches[2 * i:2 * i + 2]) for i, t in enumerate(expect)]
+    assert rec["setn"]["best_score"] == max(scores)
+    assert torch.equal(best["cell"], expect[scores.index(max(scores))]["cell"])
+    with pytest.raises(SldartsError, match="setn_select=top enumerates templates of one op per choice"):
+        Setn(SetnOptions(setn_samples=3, setn_select="top")).adapt(DartsSupernet(4, 3, impl="reference"))
 
 
 def _by_hand(ctl: Controller, choices: torch.Tensor, params: dict[str, torch.Tensor]):

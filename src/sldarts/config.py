@@ -299,6 +299,9 @@ class SearchConfig(RunOptions, CostOptions):
                               "distribution and scored at the end (0: off; its preset: 100)"})
     setn_batches: int = field(default=1, metadata={**_range(1),
                               "help": "SETN: validation batches each template is scored on"})
+    setn_select: str = field(default="sample", metadata={**_choice("sample", "top"), "help": (
+        "SETN: sample (templates drawn from α, all scored on the same batches) or top (the most probable "
+        "under α, each on batches of its own, as AutoDL-Projects' SETN; one op per choice, e.g. nb201)")})
     enas_samples: int = field(default=10, metadata={**_range(1), "help": "ENAS: controller samples scored at the end"})
     enas_batches: int = field(default=1, metadata={**_range(1),
                               "help": "ENAS: validation batches each sample is scored on"})

@@ -61,7 +61,7 @@ ORIGINAL: dict[str, dict[str, Any]] = {
     "betadarts": {"epochs": 100},  # its λ = 50·epoch/100 equals beta_weight·epoch/epochs only at 100 epochs
     "pdarts": {"epochs": 25, "batch_size": 96, "arch_lr": 6e-4, "lr_min": 0.0},  # P-DARTS train_search.py, a stage
     "dropnas": {"epochs": 76, "batch_size": 96, "lr": 0.0375, "grad_clip": 3.0},  # DropNAS config.py (search)
-    "setn": {"epochs": 250},  # AutoDL-Projects' NB201 SETN.config
+    "setn": {"epochs": 250, "setn_select": "top"},  # AutoDL-Projects' NB201 SETN.config and get_best_arch
     "enas": {"epochs": 310, "lr": 0.05, "weight_decay": 0.00025, "batch_size": 128},  # its NB201 ENAS.config
 }
 

@@ -318,12 +318,13 @@ class RandomSampling(Strategy):
 
 @torch.no_grad()
 def select_architecture(model: Supernet, batches: list[tuple[Tensor, Tensor]], samples: int, seed: int,
-                        draw: Callable[[], dict[str, Tensor]] | None = None
+                        draw: Callable[[], dict[str, Tensor]] | None = None, per_sample: int = 0
                         ) -> tuple[dict[str, Tensor], list[float]]:
     """(the best of ``samples`` architectures drawn by ``draw`` (uniformly: ``model.sample_weights``) as
     one-hot weights, every one's accuracy), each scored on the same ``batches`` with batch statistics (the
-    shared running statistics belong to no single architecture); BN buffers and the global RNG are left as
-    they were."""
+    shared running statistics belong to no single architecture); ``per_sample`` > 0: sample i on its own
+    ``per_sample`` batches, the next ones of ``batches`` in turn (AutoDL-Projects' SETN). BN buffers and the
+    global RNG are left as they were."""
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     was = model.training
     model.train()
@@ -332,10 +333,11 @@ def select_architecture(model: Supernet, batches: list[tuple[Tensor, Tensor]], s
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for _ in range(samples):
+            for i in range(samples):
                 w = (draw or model.sample_weights)()
-                hits = sum(int((model(x, weights=w).argmax(1) == y).sum()) for x, y in batches)
-                scores.append(hits / max(sum(len(y) for _, y in batches), 1))
+                own = [batches[(i * per_sample + j) % len(batches)] for j in range(per_sample)] or batches
+                hits = sum(int((model(x, weights=w).argmax(1) == y).sum()) for x, y in own)
+                scores.append(hits / max(sum(len(y) for _, y in own), 1))
                 if scores[-1] > max(scores[:-1], default=-1.0):
                     best = w
     finally:

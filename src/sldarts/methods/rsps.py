@@ -51,8 +51,9 @@ class RandomSampling(Part):
 
 
 def best_of(name: str, model: Supernet, batches: list[tuple[Tensor, Tensor]], samples: int, seed: int,
-            draw: Callable[[], dict[str, Tensor]] | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+            draw: Callable[[], dict[str, Tensor]] | None = None, per_sample: int = 0
+            ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """(the best of ``samples`` drawn architectures, the record under ``name``): RSPS, SETN, ENAS."""
-    weights, scores = select_architecture(model, batches, samples, seed, draw)
+    weights, scores = select_architecture(model, batches, samples, seed, draw, per_sample)
     return weights, {name: {"samples": len(scores), "best_score": max(scores), "mean_score": sum(scores) / len(scores)}}
 

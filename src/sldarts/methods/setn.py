@@ -1,8 +1,11 @@
 """SETN (Dong & Yang, "One-shot neural architecture search via self-evaluated template network", NeurIPS
 2019). The weight step trains one uniformly drawn architecture (as RSPS: ``model.sample_weights()``); the α
 step (bi-level, on α batches) trains α on the softmax-weighted supernet. At the end ``setn_samples``
-templates are drawn from α's distribution (per edge, an op from the activated α), each is scored on the same
-first ``setn_batches`` validation batches with the shared weights, and the best is derived.
+templates are scored with the shared weights and the best is derived. ``setn_select=sample``: drawn from
+α's distribution (per edge, an op from the activated α), each scored on the same first ``setn_batches``
+validation batches. ``setn_select=top``: the ``setn_samples`` most probable templates under α (a best-first
+enumeration over the rows, exact), each scored on ``setn_batches`` validation batches of its own, as
+AutoDL-Projects' SETN does (its ``return_topK`` and ``get_best_arch``); spaces whose every choice is one op.
 
 In the DARTS space a template also needs two inputs per node: each edge draws its op from α restricted to
 the ops that are not ``none``, and each node keeps two distinct incoming edges drawn without replacement in
@@ -12,6 +15,7 @@ same batch (two forward passes, as SDARTS under single-level)."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +34,9 @@ class SetnOptions:
                               "from α's distribution and scored at the end (0: off; its preset: 100)"})
     setn_batches: int = field(default=1, metadata={"range": (1, None, False),
                                                    "help": "SETN: validation batches each template is scored on"})
+    setn_select: str = field(default="sample", metadata={"choices": ("sample", "top"), "help": (
+        "SETN: sample (templates drawn from α, all scored on the same batches) or top (the most probable "
+        "under α, each on batches of its own, as AutoDL-Projects' SETN; one op per choice, e.g. nb201)")})
 
 
 def keeps_inputs(model: Supernet) -> bool:
@@ -76,6 +83,9 @@ class Setn(Part):
             raise refuse(self.title, f"the {type(model).__name__} supernet cannot draw an architecture uniformly "
                          "(no sample_weights()); use another method")
         self.two_inputs = keeps_inputs(model)
+        if self.two_inputs and self.opts.setn_select == "top":
+            raise refuse(self.title, f"setn_select=top enumerates templates of one op per choice, and the "
+                         f"{type(model).__name__}'s also choose inputs per node; use setn_select=sample")
 
     def weight_step_weights(self, model: Supernet) -> dict[str, Tensor] | None:
         return model.sample_weights()
@@ -88,5 +98,48 @@ class Setn(Part):
     def select(self, model: Supernet, valid_batches: Callable[[int], list[tuple[Tensor, Tensor]]], seed: int
                ) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """(the best-scored template's one-hot weights, what to record) instead of derivation from α."""
-        return best_of(self.name, model, valid_batches(self.opts.setn_batches), self.opts.setn_samples, seed,
-                       lambda: self.draw(model))
+        n, b = self.opts.setn_samples, self.opts.setn_batches
+        if self.opts.setn_select == "sample":
+            return best_of(self.name, model, valid_batches(b), n, seed, lambda: self.draw(model))
+        with torch.no_grad():
+            templates = iter(top_templates({k: model.activation(a) for k, a in model.arch.items()}, n))
+        weights, rec = best_of(self.name, model, valid_batches(n * b), n, seed, lambda: next(templates), b)
+        return weights, {self.name: {**rec[self.name], "select": "top"}}
+
+
+def top_templates(probs: dict[str, Tensor], k: int) -> list[dict[str, Tensor]]:
+    """The ``k`` most probable architectures under independent per-row op probabilities ``probs`` (one op a
+    row), most probable first, as one-hot weights: a best-first walk from every row's best op, each step moving
+    one row to its next-best op (exact: a template's successors are never more probable than it)."""
+    shapes = {key: p.shape for key, p in probs.items()}
+    vals: list[list[float]] = []  # per row (every key's, in turn): log-probabilities, best first
+    order: list[list[int]] = []  # and the ops they belong to
+    for p in probs.values():
+        v, o = p.detach().double().reshape(-1, p.shape[-1]).clamp_min(0).log().sort(1, descending=True)
+        vals, order = vals + v.tolist(), order + o.tolist()
+
+    def score(idx: tuple[int, ...]) -> float:
+        return sum(vals[r][i] for r, i in enumerate(idx))
+
+    start = (0,) * len(vals)
+    heap, seen, found = [(-score(start), start)], {start}, []
+    while heap and len(found) < k:
+        _, idx = heapq.heappop(heap)
+        found.append(idx)
+        for r in range(len(idx)):
+            if idx[r] + 1 < len(vals[r]):
+                nxt = idx[:r] + (idx[r] + 1,) + idx[r + 1:]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    heapq.heappush(heap, (-score(nxt), nxt))
+    out = []
+    for idx in found:
+        w, row = {}, 0
+        for key, shape in shapes.items():
+            rows = shape[:-1].numel()
+            t = torch.zeros(rows, shape[-1])
+            for j in range(rows):
+                t[j, order[row + j][idx[row + j]]] = 1.0
+            w[key], row = t.reshape(shape), row + rows
+        out.append(w)
+    return out
