@@ -69,6 +69,7 @@ def test_setn_top_templates_are_the_most_probable_and_each_scored_on_its_own_bat
     scores = [enas_mod.accuracy_of(net, t, batches[2 * i:2 * i + 2]) for i, t in enumerate(expect)]
     assert rec["setn"]["best_score"] == max(scores)
     assert torch.equal(best["cell"], expect[scores.index(max(scores))]["cell"])
+    assert len(top_templates({"a": probs[:2, :2], "b": probs[:1, :3]}, 100)) == 12  # every one of a smaller space
     with pytest.raises(SldartsError, match="setn_select=top enumerates templates of one op per choice"):
         Setn(SetnOptions(setn_samples=3, setn_select="top")).adapt(DartsSupernet(4, 3, impl="reference"))
 

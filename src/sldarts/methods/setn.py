@@ -101,9 +101,11 @@ class Setn(Part):
         n, b = self.opts.setn_samples, self.opts.setn_batches
         if self.opts.setn_select == "sample":
             return best_of(self.name, model, valid_batches(b), n, seed, lambda: self.draw(model))
-        with torch.no_grad():
-            templates = iter(top_templates({k: model.activation(a) for k, a in model.arch.items()}, n))
-        weights, rec = best_of(self.name, model, valid_batches(n * b), n, seed, lambda: next(templates), b)
+        with torch.no_grad():  # (fewer where the space holds fewer architectures)
+            top = top_templates({k: model.activation(a) for k, a in model.arch.items()}, n)
+        templates = iter(top)
+        weights, rec = best_of(self.name, model, valid_batches(len(top) * b), len(top), seed,
+                               lambda: next(templates), b)
         return weights, {self.name: {**rec[self.name], "select": "top"}}
 
 
