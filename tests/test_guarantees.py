@@ -333,3 +333,29 @@ def test_code_a_run_directory_names_is_announced_before_it_is_imported(tmp_path,
     err = capsys.readouterr().err
     assert err.index("sldarts: importing named.py (space: named.py:good in ") < err.index("IMPORTED")
     assert err.count("sldarts: importing") == 1
+
+
+def test_a_run_from_before_a_key_existed_resumes_and_overwrite_keeps_unmarked_folders(tmp_path):
+    """A key added later ran at its default in an older run (resume compares it so); overwrite removes a
+    claimed folder only if it is a run of its own (what that run wrote) or a dashboard's."""
+    from sldarts.config import load_config
+    from sldarts.rundir import OWN, claim, prepare_run_dir
+
+    run = tmp_path / "r"
+    run.mkdir()
+    cfg = load_config(None, {"out": str(run), "method": "setn"})
+    old = {k: v for k, v in cfg.to_dict().items() if k != "setn_select"}  # an older sldarts had no such key
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    claim(run, [*OWN, "stage1", "tensorboard"])
+    out, resuming = prepare_run_dir(cfg.replace(resume=True), run)
+    unlock_run_dir(out)
+    assert resuming
+    (run / "config.yaml").write_text(yaml.safe_dump({**old, "setn_select": "top"}))
+    with pytest.raises(SldartsError, match="setn_select='top' there, 'sample' now"):
+        prepare_run_dir(cfg.replace(resume=True), run)
+    for d in ("stage1", "tensorboard"):
+        (run / d).mkdir()
+        (run / d / "notes.txt").write_text("mine")
+    out, _ = prepare_run_dir(cfg.replace(overwrite=True), run)
+    unlock_run_dir(out)
+    assert (run / "stage1" / "notes.txt").read_text() == "mine" and not (run / "tensorboard").exists()

@@ -70,8 +70,13 @@ def test_setn_top_templates_are_the_most_probable_and_each_scored_on_its_own_bat
     assert rec["setn"]["best_score"] == max(scores)
     assert torch.equal(best["cell"], expect[scores.index(max(scores))]["cell"])
     assert len(top_templates({"a": probs[:2, :2], "b": probs[:1, :3]}, 100)) == 12  # every one of a smaller space
-    with pytest.raises(SldartsError, match="setn_select=top enumerates templates of one op per choice"):
-        Setn(SetnOptions(setn_samples=3, setn_select="top")).adapt(DartsSupernet(4, 3, impl="reference"))
+    import userspace
+
+    from sldarts.spaces.model import ChoiceSupernet
+
+    for model in (DartsSupernet(4, 3, impl="reference"), ChoiceSupernet(userspace.build(10, 1))):  # its InputChoice
+        with pytest.raises(SldartsError, match="setn_select=top enumerates templates of one op per choice"):
+            Setn(SetnOptions(setn_samples=3, setn_select="top")).adapt(model)
 
 
 def _by_hand(ctl: Controller, choices: torch.Tensor, params: dict[str, torch.Tensor]):

@@ -7,6 +7,7 @@ or none (a fresh start).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -123,7 +124,7 @@ def _remove_owned(out: Path, names: list[str]) -> None:
                 unlock_run_dir(path)
             if not any(path.iterdir()):
                 path.rmdir()
-        elif path.is_dir():
+        elif path.is_dir() and name in RUN_DIRS:  # a dashboard's folder, created by the run
             shutil.rmtree(path)
     (out / MARKER).unlink(missing_ok=True)
 
@@ -294,8 +295,10 @@ def _prepare(cfg: Any, out: Path, main: bool) -> tuple[Path, bool]:
         if not isinstance(old, dict):
             raise SldartsError(f"{saved} is not a readable config; pass overwrite=true to start again")
         new = cfg.to_dict()
+        # a key an older sldarts did not have ran at its default there
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
         diff = sorted(k for k in set(old) | set(new)
-                      if k not in OPERATIONAL | RESUMABLE and old.get(k) != new.get(k))
+                      if k not in OPERATIONAL | RESUMABLE and old.get(k, defaults.get(k)) != new.get(k))
         if diff:
             k = diff[0]
             raise SldartsError(f"run directory {out} holds a different run ({k}={old.get(k)!r} there, "

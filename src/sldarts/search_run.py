@@ -194,7 +194,7 @@ class SearchRun(EpochRun):
 
     def _select(self, selector) -> tuple[Any, dict[str, Any]]:
         """RSPS, SETN, ENAS: the part chooses the architecture, scoring candidates on the first validation
-        batches (the same for every candidate) with the run's seed."""
+        batches (the same for every candidate, or each its own with setn_select=top) with the run's seed."""
         def valid_batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
             return [b for _, b in zip(range(n), self.data.eval.epoch(0), strict=False)]
 

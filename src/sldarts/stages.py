@@ -107,9 +107,10 @@ def _stages(cfg: Any, run_class: type, base: Path, main: bool, cells: list[int],
         run = _stage_run(run_class)(sub, stage=s, keep=keep, **objects)
         try:
             if main:
+                marked = owned(stage_dir) is not None  # the stage's run checked and marked it: OUT owns it now
                 ckpt.atomic_write_text(stage_dir / "keep.json", json.dumps(keep) + "\n")
                 claim(stage_dir, ["keep.json"])
-                if owned(stage_dir) is not None:  # the stage's run checked and marked it: OUT owns it now
+                if marked:
                     claim(base, [stage_dir.name])
         except BaseException:
             run._release()

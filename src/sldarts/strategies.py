@@ -335,7 +335,8 @@ def select_architecture(model: Supernet, batches: list[tuple[Tensor, Tensor]], s
             torch.manual_seed(seed)
             for i in range(samples):
                 w = (draw or model.sample_weights)()
-                own = [batches[(i * per_sample + j) % len(batches)] for j in range(per_sample)] or batches
+                own = [batches[(i * per_sample + j) % len(batches)] for j in range(per_sample)] if batches else []
+                own = own or batches
                 hits = sum(int((model(x, weights=w).argmax(1) == y).sum()) for x, y in own)
                 scores.append(hits / max(sum(len(y) for _, y in own), 1))
                 if scores[-1] > max(scores[:-1], default=-1.0):

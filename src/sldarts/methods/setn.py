@@ -46,6 +46,13 @@ def keeps_inputs(model: Supernet) -> bool:
         return any(bool((w.reshape(-1, w.shape[-1]).sum(1) == 0).any()) for w in model.sample_weights().values())
 
 
+def one_op_per_row(model: Supernet) -> bool:
+    """Whether every α row of the space's architectures holds exactly one op (NB201; not DARTS's nodes nor an
+    InputChoice keeping several inputs); the run's random stream is not touched."""
+    with torch.random.fork_rng(devices=[]):
+        return all(bool((w.reshape(-1, w.shape[-1]).sum(1) == 1).all()) for w in model.sample_weights().values())
+
+
 def sample_from(model: Supernet, probs: dict[str, Tensor], two_inputs: bool = False) -> dict[str, Tensor]:
     """One architecture drawn from per-row op probabilities ``probs`` (keys of ``model.arch``), as one-hot
     weights; ``two_inputs``: two edges per node of ``model.node_groups()`` (see the module docstring)."""
@@ -83,9 +90,10 @@ class Setn(Part):
             raise refuse(self.title, f"the {type(model).__name__} supernet cannot draw an architecture uniformly "
                          "(no sample_weights()); use another method")
         self.two_inputs = keeps_inputs(model)
-        if self.two_inputs and self.opts.setn_select == "top":
+        if self.opts.setn_select == "top" and not one_op_per_row(model):
             raise refuse(self.title, f"setn_select=top enumerates templates of one op per choice, and the "
-                         f"{type(model).__name__}'s also choose inputs per node; use setn_select=sample")
+                         f"{type(model).__name__}'s also choose inputs (DARTS's nodes, an InputChoice keeping "
+                         "several); use setn_select=sample")
 
     def weight_step_weights(self, model: Supernet) -> dict[str, Tensor] | None:
         return model.sample_weights()
@@ -113,11 +121,11 @@ def top_templates(probs: dict[str, Tensor], k: int) -> list[dict[str, Tensor]]:
     """The ``k`` most probable architectures under independent per-row op probabilities ``probs`` (one op a
     row), most probable first, as one-hot weights: a best-first walk from every row's best op, each step moving
     one row to its next-best op (exact: a template's successors are never more probable than it)."""
-    shapes = {key: p.shape for key, p in probs.items()}
+    shapes = {key: (p.shape, p.device) for key, p in probs.items()}
     vals: list[list[float]] = []  # per row (every key's, in turn): log-probabilities, best first
     order: list[list[int]] = []  # and the ops they belong to
     for p in probs.values():
-        v, o = p.detach().double().reshape(-1, p.shape[-1]).clamp_min(0).log().sort(1, descending=True)
+        v, o = p.detach().double().reshape(-1, p.shape[-1]).clamp_min(0).log().sort(dim=1, descending=True, stable=True)
         vals, order = vals + v.tolist(), order + o.tolist()
 
     def score(idx: tuple[int, ...]) -> float:
@@ -137,9 +145,9 @@ def top_templates(probs: dict[str, Tensor], k: int) -> list[dict[str, Tensor]]:
     out = []
     for idx in found:
         w, row = {}, 0
-        for key, shape in shapes.items():
+        for key, (shape, device) in shapes.items():
             rows = shape[:-1].numel()
-            t = torch.zeros(rows, shape[-1])
+            t = torch.zeros(rows, shape[-1], device=device)
             for j in range(rows):
                 t[j, order[row + j][idx[row + j]]] = 1.0
             w[key], row = t.reshape(shape), row + rows
