@@ -15,12 +15,12 @@ from sldarts.cli import main
 def test_bench_writes_rows_for_each_impl(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert main(["bench", "--space", "nb201", "--modes", "single,bilevel2", "--batch-size", "4", "--image", "8",
-                 "--channels", "4", "--repeats", "1", "--out", str(out)]) == 0
+                 "--channels", "4", "--cells", "1", "--repeats", "1", "--out", str(out)]) == 0
     res = json.load(open(out))
     assert {(r["mode"], r["impl"]) for r in res["rows"]} == {
         ("single", "reference"), ("single", "optimized"), ("bilevel2", "reference"), ("bilevel2", "optimized")}
     assert all(r["median_s"] > 0 and r["peak_mem_mb"] > 0 for r in res["rows"])
-    assert "machine" in res and "| nb201 | single | optimized |" in capsys.readouterr().out
+    assert res["machine"]["cells"] == 1 and "| nb201 | single | optimized |" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM is Linux's")
@@ -36,7 +36,7 @@ def test_child_process_reports_its_own_peak_not_the_parents():
 def test_bench_times_method_presets_against_the_first(tmp_path, capsys):
     out = tmp_path / "m.json"
     assert main(["bench", "--space", "nb201", "--method", "darts,gdas,pcdarts", "--batch-size", "4", "--image", "8",
-                 "--channels", "4", "--repeats", "1", "--out", str(out)]) == 0
+                 "--channels", "4", "--cells", "1", "--repeats", "1", "--out", str(out)]) == 0
     rows = json.load(open(out))["rows"]
     assert [(r["mode"], r["impl"], r["layout"]) for r in rows] == [
         ("methods", "darts", "NHWC"), ("methods", "gdas", "NCHW"), ("methods", "pcdarts", "NCHW")]

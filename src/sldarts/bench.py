@@ -130,7 +130,8 @@ def own_peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def peak_rss_mb(space: str, mode: str, impl: str, batch_size: int, image: int, channels: int) -> float:
+def peak_rss_mb(space: str, mode: str, impl: str, batch_size: int, image: int, channels: int,
+                cells: int = 0) -> float:
     """Peak resident memory of a fresh process that builds the supernet and runs three steps (CPU): the
     whole-process number the baseline's "3.9 GB" is. Includes the Python/PyTorch runtime (~0.3 GB)."""
     import subprocess
@@ -138,7 +139,7 @@ def peak_rss_mb(space: str, mode: str, impl: str, batch_size: int, image: int, c
 
     code = (f"import torch, sldarts.bench as b; torch.set_num_threads({torch.get_num_threads()}); "
             f"b.bench_rows({space!r}, {mode!r}, ({impl!r},), {batch_size}, torch.device('cpu'), 1, {image}, "
-            f"{channels}); "
+            f"{channels}, {cells}); "
             "print(b.own_peak_rss_mb())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -175,14 +176,14 @@ def run_bench(spaces=tuple(SPACES), modes=tuple(MODES), batch_size: int = 64,
         for (space, impl), row in zip(group, bench_rows(group, mode, (), batch_size, dev, repeats, image,
                                                         channels, cells), strict=True):
             if rss and dev.type == "cpu":
-                row["peak_rss_mb"] = peak_rss_mb(space, mode, impl, batch_size, image, channels)
+                row["peak_rss_mb"] = peak_rss_mb(space, mode, impl, batch_size, image, channels, cells)
             rows.append(row)
             progress(f"{space:6s} {mode:9s} {row['impl']:10s} {row['median_s']:8.3f} s "
                      f"{row['peak_mem_mb']:9.1f} MB" + (f" rss {row['peak_rss_mb']:.0f} MB" if rss else ""))
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(dev),
                "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-               "batch_size": batch_size, "image": image, "channels": channels}
+               "batch_size": batch_size, "image": image, "channels": channels, "cells": cells}
     return {"machine": machine, "rows": rows}
 
 

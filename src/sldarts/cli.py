@@ -228,7 +228,7 @@ def _bench(args: argparse.Namespace) -> int:
     methods = tuple(args.methods.split(",")) if args.methods else ()
     modes = args.modes.split(",") if args.modes else ([] if methods else ["single", "bilevel1", "bilevel2"])
     res = run_bench(spaces, modes, args.batch_size, args.device, args.repeats, args.image, args.channels,
-                    progress=lambda s: print(s, file=sys.stderr), rss=args.rss, methods=methods)
+                    args.cells, progress=lambda s: print(s, file=sys.stderr), rss=args.rss, methods=methods)
     if args.out:
         dump(res, args.out)
     print(table(res))
@@ -354,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--image", type=int, default=32, help="input side in pixels")
     b.add_argument("--channels", type=int, default=16)
+    b.add_argument("--cells", type=int, default=0, help="cells of the supernet (0: the space's default)")
     b.add_argument("--rss", action="store_true", help="CPU: also the peak RSS of a fresh process per row")
     b.add_argument("--out", help="write the JSON result here")
     b.set_defaults(func=_bench)
