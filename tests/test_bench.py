@@ -21,6 +21,10 @@ def test_bench_writes_rows_for_each_impl(tmp_path, capsys):
         ("single", "reference"), ("single", "optimized"), ("bilevel2", "reference"), ("bilevel2", "optimized")}
     assert all(r["median_s"] > 0 and r["peak_mem_mb"] > 0 for r in res["rows"])
     assert res["machine"]["cells"] == 1 and "| nb201 | single | optimized |" in capsys.readouterr().out
+    user = os.path.join(os.path.dirname(__file__), "userspace.py") + ":build"  # a model that builds itself
+    assert main(["bench", "--space", f"nb201,{user}", "--cells", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--cells 1 sizes the built-in spaces' supernets; {user} builds its own" in err
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM is Linux's")

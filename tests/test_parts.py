@@ -395,3 +395,26 @@ def test_every_built_in_part_option_is_the_config_key_it_reads():
             for meta in ("range", "choices"):
                 assert f.metadata.get(meta) == key.metadata.get(meta), (name, f.name, meta)
     assert seen >= 25  # every method's options: GDAS's temperatures to P-DARTS's stages
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_setn_top_on_every_kind_of_supernet_is_applied_or_refused(kind):
+    """setn_select=top: the best of the most probable templates where every choice is one op (NB201, a custom
+    chain); refused where a choice also keeps inputs (DARTS's nodes, this Choice model's InputChoice)."""
+    from sldarts.methods.setn import top_templates
+
+    model, x = supernet(kind)
+    cls = part_class("setn")
+    method = Method("", "bilevel", 1, [SoftmaxSampler(), cls(cls.Options(setn_samples=3, setn_select="top"))])
+    if kind in ("darts", "choice"):
+        with pytest.raises(SldartsError, match="setn_select=top enumerates templates of one op per choice"):
+            method.apply(model)
+        return
+    method.apply(model)
+    asked = []
+    y = torch.zeros(len(x), dtype=torch.long)
+    best, rec = method.get("setn").select(model, lambda n: asked.append(n) or [(x, y)] * n, seed=0)
+    top = top_templates({k: model.activation(a) for k, a in model.arch.items()}, 3)
+    assert asked == [3] and rec["setn"]["select"] == "top" and rec["setn"]["samples"] == 3
+    assert any(all(torch.equal(best[k], t[k]) for k in t) for t in top)
+

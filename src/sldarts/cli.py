@@ -225,6 +225,14 @@ def _bench(args: argparse.Namespace) -> int:
     from sldarts.spaces import SPACES
 
     spaces = args.space.split(",") if args.space else list(SPACES)
+    if args.cells:
+        from sldarts.spaces import get_space
+        from sldarts.spaces.model import ModelSpace
+
+        own = [s for s in spaces if isinstance(get_space(s), ModelSpace)]
+        if own:
+            raise SldartsError(f"--cells {args.cells} sizes the built-in spaces' supernets; {own[0]} builds its own "
+                               "model: drop --cells or bench it on its own")
     methods = tuple(args.methods.split(",")) if args.methods else ()
     modes = args.modes.split(",") if args.modes else ([] if methods else ["single", "bilevel1", "bilevel2"])
     res = run_bench(spaces, modes, args.batch_size, args.device, args.repeats, args.image, args.channels,
