@@ -80,6 +80,16 @@ class NoOptions:
     """A part without options."""
 
 
+def config_options(name: str, *keys: str) -> type:
+    """A built-in part's options dataclass made of the config keys it reads, so that each is declared once,
+    in :class:`sldarts.config.SearchConfig` (default, type, range, help)."""
+    from sldarts.config import SearchConfig
+
+    fields = {f.name: f for f in dataclasses.fields(SearchConfig)}
+    return dataclasses.make_dataclass(name, [(k, fields[k].type, dataclasses.field(
+        default=fields[k].default, metadata=fields[k].metadata)) for k in keys])
+
+
 class Part:
     """One ingredient of a method; see the module docstring for the hooks."""
 

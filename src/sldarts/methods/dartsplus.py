@@ -14,24 +14,14 @@ where the uninterrupted one would."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from sldarts.methods import Part, refuse, register
+from sldarts.methods import Part, config_options, refuse, register
 from sldarts.spaces.base import Supernet
 
-
-@dataclass
-class EarlyStopOptions:
-    dartsplus_max_skips: int = field(default=0, metadata={
-        "range": (0, None, False),
-        "help": "DARTS+: stop once the derived normal cell has this many skip connections (0: off; the paper: 2)"})
-    dartsplus_patience: int = field(default=0, metadata={
-        "range": (0, None, False),
-        "help": "DARTS+: stop once the op each edge ranks first has not changed for this many epochs "
-                "(0: off; the paper: 10)"})
+EarlyStopOptions = config_options("EarlyStopOptions", "dartsplus_max_skips", "dartsplus_patience")
 
 
 def normal_ops(arch: Any) -> list[str] | None:

@@ -12,22 +12,14 @@ touched) are not reproduced (docs/methods.md)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from sldarts.methods import Part, mixing_edges, refuse, register
+from sldarts.methods import Part, config_options, mixing_edges, refuse, register
 from sldarts.mixing import Mixing
 from sldarts.spaces.base import Supernet
 from sldarts.spaces.ops import PARAM_FREE
 
-
-@dataclass
-class DropOptions:
-    dropnas_rate: float = field(default=0.0, metadata={
-        "range": (0, 1, False),
-        "help": "DropNAS: p_d, the probability that a whole op group of an edge would drop; each op drops "
-                "with p_d^(1/group size), a fully dropped group is drawn again (the paper: 3e-5)"})
+DropOptions = config_options("DropOptions", "dropnas_rate")
 
 
 def op_groups(m: Mixing) -> list[list[int]]:

@@ -16,29 +16,18 @@ with an attention over earlier nodes that this per-row controller does not have.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
-from sldarts.methods import Part, refuse, register
+from sldarts.methods import Part, config_options, refuse, register
 from sldarts.methods.rsps import best_of
 from sldarts.spaces.base import Supernet
 
-
-@dataclass
-class EnasOptions:
-    enas_samples: int = field(default=10, metadata={"range": (1, None, False),
-                                                    "help": "ENAS: controller samples scored at the end"})
-    enas_batches: int = field(default=1, metadata={"range": (1, None, False),
-                                                   "help": "ENAS: validation batches each sample is scored on"})
-    enas_lr: float = field(default=0.001, metadata={"range": (0, None, True), "help": "ENAS: controller Adam lr"})
-    enas_entropy: float = field(default=1e-4, metadata={"range": (0, None, False),
-                                                        "help": "ENAS: weight of the controller's entropy bonus"})
-    enas_baseline_decay: float = field(default=0.95, metadata={"range": (0, 1, False),
-                                       "help": "ENAS: decay of the reward's moving-average baseline"})
+EnasOptions = config_options("EnasOptions", "enas_samples", "enas_batches",
+                             "enas_lr", "enas_entropy", "enas_baseline_decay")
 
 
 class Controller(nn.Module):

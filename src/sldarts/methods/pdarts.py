@@ -14,31 +14,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from sldarts.errors import SldartsError
-from sldarts.methods import Part, mixing_edges, refuse, register
+from sldarts.methods import Part, config_options, mixing_edges, refuse, register
 from sldarts.spaces.base import Supernet
 
 SKIP_DECAY = 0.2  # the official code: after the α warm-up the skip dropout decays as exp(-0.2 (epoch - warm-up))
 
 
-@dataclass
-class PdartsOptions:
-    pdarts: bool = field(default=False, metadata={
-        "help": "P-DARTS: progressive search in stages (pdarts_cells), ops pruned between stages, skip dropout"})
-    pdarts_cells: str = field(default="5,11,17", metadata={
-        "help": "P-DARTS: cells of each stage's supernet, comma-separated (each stage runs `epochs` epochs)"})
-    pdarts_keep: str = field(default="5,3", metadata={
-        "help": "P-DARTS: ops kept per edge after each stage but the last (by activated weight)"})
-    pdarts_skip_drop: str = field(default="0.1,0.4,0.7", metadata={
-        "help": "P-DARTS: dropout rate on skip connections at the start of each stage (decays over its epochs)"})
-    pdarts_max_skip: int = field(default=2, metadata={
-        "range": (0, None, False), "help": "P-DARTS: most skip connections in the final normal cell (M)"})
+PdartsOptions = config_options("PdartsOptions", "pdarts", "pdarts_cells",
+                               "pdarts_keep", "pdarts_skip_drop", "pdarts_max_skip")
 
 
 def _numbers(opts: PdartsOptions, key: str, kind: type) -> list:

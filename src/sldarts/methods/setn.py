@@ -17,26 +17,16 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from sldarts.methods import Part, refuse, register
+from sldarts.methods import Part, config_options, refuse, register
 from sldarts.methods.rsps import best_of
 from sldarts.spaces.base import Supernet
 
-
-@dataclass
-class SetnOptions:
-    setn_samples: int = field(default=0, metadata={"range": (0, None, False), "help": "SETN: templates drawn "
-                              "from α's distribution and scored at the end (0: off; its preset: 100)"})
-    setn_batches: int = field(default=1, metadata={"range": (1, None, False),
-                                                   "help": "SETN: validation batches each template is scored on"})
-    setn_select: str = field(default="sample", metadata={"choices": ("sample", "top"), "help": (
-        "SETN: sample (templates drawn from α, all scored on the same batches) or top (the most probable "
-        "under α, each on batches of its own, as AutoDL-Projects' SETN; one op per choice, e.g. nb201)")})
+SetnOptions = config_options("SetnOptions", "setn_samples", "setn_batches", "setn_select")
 
 
 def keeps_inputs(model: Supernet) -> bool:
