@@ -44,8 +44,8 @@ def _stage_run(base: type) -> type:
 def pdarts_search(cfg: Any, run_class: type, **objects: Any) -> dict[str, Any]:
     """The stages as searches in ``OUT/stage1``, ``OUT/stage2``, ...; the final genotype (the last stage's,
     with the skip cap) in ``OUT/result.json``. ``OUT`` is a run directory like any other (locked while the
-    stages run, refused if it holds another run, its marker naming the stage folders so that overwrite=true
-    removes only those). A resumed search reads finished stages back from their directories and resumes the
+    stages run, refused if it holds another run; overwrite=true removes its own files and, in each stage
+    folder, what that stage wrote). A resumed search reads finished stages back from their directories and resumes the
     running one from its checkpoint."""
     from sldarts import checkpoint as ckpt
     from sldarts.distributed import barrier, setup
@@ -65,16 +65,15 @@ def pdarts_search(cfg: Any, run_class: type, **objects: Any) -> dict[str, Any]:
         barrier()
         if resuming and (base / "result.json").exists():
             return json.loads((base / "result.json").read_text())
-        result = _stages(cfg, run_class, base, main, cells, keep_counts, objects)
+        result, stages = _stages(cfg, run_class, base, main, cells, keep_counts, objects)
         w = _stage_weights(base / f"stage{len(cells)}")
         genotype, changed = skip_cap(w, opts.pdarts_max_skip, lambda ws: space.rederive(ws, cfg.derive)[0],
                                      OPS.index("skip_connect"))
-        result = dict(result)
         if changed:
             result["uncapped"] = result["genotype"]
             result.pop("complexity", None)  # of the uncapped cell
         result.update(genotype=genotype, param_free_ratio=space.param_free_ratio(genotype), run_dir=str(base),
-                      pdarts={"stages": result.pop("_stages"), "max_skip": opts.pdarts_max_skip,
+                      pdarts={"stages": stages, "max_skip": opts.pdarts_max_skip,
                               "skip_capped_edges": changed})
         if main:
             ckpt.atomic_write_text(base / "result.json", json.dumps(result, indent=1) + "\n")
@@ -85,9 +84,9 @@ def pdarts_search(cfg: Any, run_class: type, **objects: Any) -> dict[str, Any]:
 
 
 def _stages(cfg: Any, run_class: type, base: Path, main: bool, cells: list[int], keep_counts: list[int],
-            objects: dict[str, Any]) -> dict[str, Any]:
-    """Run (or resume, or read back) every stage in ``base/stageN``, pruning the ops between stages; the last
-    stage's result with ``_stages``, one entry per stage."""
+            objects: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run (or resume, or read back) every stage in ``base/stageN``, pruning the ops between stages: (a copy
+    of the last stage's result, one entry per stage)."""
     import yaml
 
     from sldarts import checkpoint as ckpt
@@ -121,4 +120,4 @@ def _stages(cfg: Any, run_class: type, base: Path, main: bool, cells: list[int],
         if s < len(keep_counts):
             w = _stage_weights(stage_dir)
             keep = {k: prune(w[k], keep[k], keep_counts[s]) for k in keep}
-    return {**result, "_stages": stages}
+    return dict(result), stages
